@@ -1,0 +1,76 @@
+"""Validation of a composed config: fail before any work, naming the key, value and what is allowed.
+
+Hydra already rejects unknown group options ("Could not find 'schedule/foo'. Available options:
+...") and unknown keys (struct mode). This adds types and ranges of the values users override.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from siddm_lab.diffusion import PREDICTION_TYPES, SCHEDULES, VARIANCE_TYPES
+from siddm_lab.errors import ConfigError
+
+_MISSING = object()
+
+
+def _get(cfg: DictConfig, key: str):
+    try:
+        return OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
+    except Exception as e:  # interpolation to a missing key etc.
+        raise ConfigError(f"{key}: cannot be resolved ({e})") from e
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# key, predicate, description of what is allowed. Keys absent from a config are skipped.
+Rule = tuple[str, Callable[[Any], bool], str]
+RULES: list[Rule] = [
+    ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    ("diffusion.steps", lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("schedule.name", lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    ("schedule.beta_start", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
+    ("schedule.beta_end", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
+    ("model.prediction_type", lambda v: v in PREDICTION_TYPES, f"one of {', '.join(PREDICTION_TYPES)}"),
+    ("model.sampling.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
+    ("model.sampling.clip_x0", lambda v: v is None or (_is_num(v) and v > 0), "null or a positive number"),
+    ("model.sampling.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("model.eval_num_samples", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    ("model.optimizer.lr", lambda v: _is_num(v) and v > 0, "a positive number"),
+    ("dataset.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("dataset.num_workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    ("trainer.max_steps", lambda v: _is_int(v) and (v == -1 or v >= 1), "a positive integer (or -1: no limit)"),
+    ("trainer.val_check_interval", lambda v: v is None or (_is_int(v) and v >= 1) or (_is_num(v) and 0 < v <= 1),
+     "a positive integer (steps) or a fraction in (0, 1]"),
+    ("eval.num_samples", lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    ("eval.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("eval.seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first invalid value."""
+    for key, ok, allowed in RULES:
+        v = _get(cfg, key)
+        if v is _MISSING:
+            continue
+        if not ok(v):
+            raise ConfigError(f"{key}={v!r} is invalid: expected {allowed}")
+    T = _get(cfg, "diffusion.steps")
+    steps = _get(cfg, "eval.steps")
+    if steps is not _MISSING and steps is not None:
+        if not _is_int(steps) or steps < 1:
+            raise ConfigError(f"eval.steps={steps!r} is invalid: expected null or a positive integer")
+        if T is not _MISSING and steps > T:
+            raise ConfigError(
+                f"eval.steps={steps} is larger than the schedule: diffusion.steps={T}; allowed: 1..{T}"
+            )

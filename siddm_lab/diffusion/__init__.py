@@ -1,0 +1,19 @@
+"""Pure diffusion math (no Lightning): schedules, forward/posterior, parameterisations, samplers."""
+
+from siddm_lab.diffusion.gaussian import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, extract
+from siddm_lab.diffusion.samplers import AncestralSampler, full_timesteps, sample_loop, uniform_timesteps
+from siddm_lab.diffusion.schedules import SCHEDULES, make_betas, rescale_zero_terminal_snr
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "SCHEDULES",
+    "VARIANCE_TYPES",
+    "AncestralSampler",
+    "GaussianDiffusion",
+    "extract",
+    "full_timesteps",
+    "make_betas",
+    "rescale_zero_terminal_snr",
+    "sample_loop",
+    "uniform_timesteps",
+]

@@ -1,0 +1,6 @@
+"""LightningModules: DDPM (and the shared base)."""
+
+from siddm_lab.models.base import DiffusionModule
+from siddm_lab.models.ddpm import DDPM
+
+__all__ = ["DDPM", "DiffusionModule"]

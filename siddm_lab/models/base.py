@@ -1,0 +1,141 @@
+"""Shared base of the diffusion LightningModules (DDPM, DDIM, SIDDM).
+
+It owns what every model needs besides its losses: the ``GaussianDiffusion`` built from the
+schedule config, optimiser/LR-scheduler construction, the sampling entry point
+(``sample``), periodic sample evaluation during validation, and the non-finite loss guard.
+Subclasses implement ``training_step`` and ``predict_x0_eps`` (network output -> x0', ε').
+All formulas are called from ``siddm_lab.diffusion``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from siddm_lab.diffusion import AncestralSampler, GaussianDiffusion, full_timesteps, sample_loop
+from siddm_lab.errors import ConfigError, NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+class DiffusionModule(L.LightningModule):
+    """Base LightningModule.
+
+    Args:
+        diffusion: the schedule as a ``GaussianDiffusion`` (or its kwargs for ``from_schedule``).
+        optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
+        lr_scheduler: ``optimizer -> LRScheduler`` or None; stepped every optimizer step.
+        sampling: default sampler settings: ``variance_type``, ``clip_x0``, ``batch_size``.
+        eval_num_samples: samples drawn at each validation for ``datamodule.evaluate``
+            (0 disables periodic sample evaluation).
+        log_every_n_steps: how often the training loss is logged (logging every step costs
+            a device sync).
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion | dict, optimizer: Callable, lr_scheduler: Callable | None = None,
+                 sampling: dict | None = None, eval_num_samples: int = 1000, log_every_n_steps: int = 50):
+        super().__init__()
+        if isinstance(diffusion, dict):
+            diffusion = GaussianDiffusion.from_schedule(**diffusion)
+        self.diffusion = diffusion
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.sampling = {"variance_type": "fixed_small", "clip_x0": None, "batch_size": 1000, **(sampling or {})}
+        if eval_num_samples < 0:
+            raise ConfigError(f"model.eval_num_samples must be >= 0, got {eval_num_samples}")
+        self.eval_num_samples = eval_num_samples
+        self.log_every_n_steps = max(1, int(log_every_n_steps))
+        self.data_shape: tuple[int, ...] | None = None
+        self.output_dir: Path | None = None
+        # The resolved run config (plain containers), stored in checkpoints so a checkpoint alone
+        # rebuilds its model; set by the train entry point.
+        self.run_config: dict | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint["siddm_config"] = self.run_config
+        if self.data_shape is not None:
+            checkpoint["data_shape"] = list(self.data_shape)
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and self.data_shape is None:
+            self.data_shape = tuple(dm.data_shape)
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(params=self.parameters())
+        if self.lr_scheduler_factory is None:
+            return opt
+        sched = self.lr_scheduler_factory(optimizer=opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ guards
+    def check_finite(self, name: str, value: torch.Tensor) -> None:
+        """Stop with a clear message if a loss is NaN/inf (before it reaches the weights)."""
+        if not torch.isfinite(value).all():
+            raise NonFiniteLossError(
+                f"loss '{name}' is {value.item() if value.numel() == 1 else 'non-finite'} at step "
+                f"{self.global_step}; training stopped before the update (the last checkpoint is kept). "
+                f"Lower the learning rate or enable gradient clipping."
+            )
+
+    # ------------------------------------------------------------------ sampling
+    def predict_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def default_sampler(self):
+        return AncestralSampler(self.diffusion, self.sampling["variance_type"])
+
+    def default_timesteps(self) -> list[int]:
+        return full_timesteps(self.diffusion.num_timesteps)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, sampler=None, timesteps=None,
+               batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+        """Draw n samples [n, *data_shape] with ``sampler`` over ``timesteps`` (default: the
+        model's own sampler over all T steps). Noise comes from ``generator`` (on CPU, so
+        results do not depend on the device)."""
+        if self.data_shape is None:
+            raise RuntimeError("data_shape is unknown: attach a datamodule or set model.data_shape")
+        sampler = sampler or self.default_sampler()
+        timesteps = timesteps if timesteps is not None else self.default_timesteps()
+        bs = batch_size or self.sampling["batch_size"]
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for i in range(0, n, bs):
+                m = min(bs, n - i)
+                x_T = torch.randn((m, *self.data_shape), generator=generator).to(self.device)
+                g = None
+                if generator is not None:
+                    g = torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+                out.append(sample_loop(self.predict_x0_eps, sampler, x_T, timesteps, generator=g,
+                                       progress=progress).cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ periodic evaluation
+    def on_validation_epoch_start(self) -> None:
+        # Runs after the EMA callback swapped the averaged weights in.
+        if self.trainer.sanity_checking or self.eval_num_samples == 0:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "evaluate"):
+            return
+        g = torch.Generator().manual_seed(1234)
+        t0 = time.perf_counter()
+        samples = self.sample(self.eval_num_samples, generator=g)
+        metrics = {f"val/{k}": float(v) for k, v in dm.evaluate(samples).items()}
+        metrics["val/sample_seconds"] = time.perf_counter() - t0
+        self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
+        if self.trainer.is_global_zero and self.output_dir is not None:
+            dm.save_samples(samples, Path(self.output_dir) / "samples", stem=f"step_{self.global_step:07d}",
+                            title=f"step {self.global_step}")

@@ -1,0 +1,6 @@
+"""Networks: time-conditioned MLP for 2-D data and a DDPM-style UNet for images."""
+
+from siddm_lab.nets.mlp import TimeMLP
+from siddm_lab.nets.unet import UNet
+
+__all__ = ["TimeMLP", "UNet"]

@@ -1,0 +1,47 @@
+"""Time-conditioned MLP for 2-D (or any flat) data."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from siddm_lab.nets.embeddings import TimestepEmbedding
+
+
+class TimeMLP(nn.Module):
+    """f(x_t, t) -> R^data_dim: residual SiLU MLP with the time embedding added to every block.
+
+    Args:
+        data_dim: dimension of x (2 for the toy data).
+        hidden: width of the hidden layers.
+        num_layers: number of hidden residual blocks.
+        time_dim: size of the sinusoidal time features.
+        cond_dim: size of an extra conditioning vector concatenated to the input (0 = none);
+            the SIDDM/DDGAN generator feeds its latent z here.
+    """
+
+    def __init__(self, data_dim: int = 2, hidden: int = 256, num_layers: int = 3, time_dim: int = 64,
+                 cond_dim: int = 0):
+        super().__init__()
+        if data_dim < 1 or hidden < 1 or num_layers < 1:
+            raise ValueError("TimeMLP needs data_dim, hidden and num_layers >= 1")
+        self.data_dim = data_dim
+        self.cond_dim = cond_dim
+        self.time_embed = TimestepEmbedding(time_dim, hidden)
+        self.inp = nn.Linear(data_dim + cond_dim, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(num_layers)
+        )
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, data_dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is not None:
+            x = torch.cat([x, cond], dim=-1)
+        elif self.cond_dim:
+            raise ValueError(f"this TimeMLP expects a conditioning vector of size {self.cond_dim}")
+        temb = self.time_embed(t)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h + temb)
+        return self.out(h)

@@ -1,0 +1,77 @@
+"""Plots written by runs: scatter plots for 2-D samples, image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def scatter(x: np.ndarray, path, reference: np.ndarray | None = None, centers: np.ndarray | None = None,
+            title: str | None = None, max_points: int = 5000):
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if reference is not None:
+        r = reference[:max_points]
+        ax.scatter(r[:, 0], r[:, 1], s=2, c="lightgray", label="data", rasterized=True)
+    x = x[:max_points]
+    ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:blue", alpha=0.6, label="samples", rasterized=True)
+    if centers is not None:
+        ax.scatter(centers[:, 0], centers[:, 1], s=25, marker="x", c="tab:red", label="modes")
+    if reference is not None:
+        lo, hi = reference.min(0), reference.max(0)
+        pad = 0.15 * (hi - lo)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=7, markerscale=3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def side_by_side(panels: list[tuple[str, np.ndarray]], path, reference: np.ndarray | None = None,
+                 max_points: int = 5000):
+    """One scatter panel per (title, points), same axes; used to compare methods."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), dpi=100, squeeze=False)
+    for ax, (title, x) in zip(axes[0], panels):
+        if reference is not None:
+            r = reference[:max_points]
+            ax.scatter(r[:, 0], r[:, 1], s=2, c="lightgray", rasterized=True)
+        ax.scatter(x[:max_points, 0], x[:max_points, 1], s=2, c="tab:blue", alpha=0.6, rasterized=True)
+        if reference is not None:
+            lo, hi = reference.min(0), reference.max(0)
+            pad = 0.15 * (hi - lo)
+            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def image_grid(x: np.ndarray, path, title: str | None = None, nrow: int | None = None):
+    """uint8 images [N, C, H, W] -> one PNG grid."""
+    import torch
+    from torchvision.utils import make_grid
+
+    t = torch.as_tensor(np.asarray(x))
+    nrow = nrow or int(np.ceil(np.sqrt(len(t))))
+    grid = make_grid(t, nrow=nrow, padding=2, pad_value=255).permute(1, 2, 0).numpy()
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
