@@ -70,11 +70,19 @@ def build_loggers(cfg: DictConfig):
     return loggers or False
 
 
-def build_callbacks(cfg: DictConfig):
+def build_callbacks(cfg: DictConfig, has_logger: bool = True):
+    """Instantiate ``cfg.callbacks``; logger-only callbacks are dropped when there is no logger."""
     from hydra.utils import instantiate
 
     ccfg = cfg.get("callbacks") or {}
-    return [instantiate(sub) for sub in ccfg.values() if sub is not None and "_target_" in sub]
+    callbacks = []
+    for sub in ccfg.values():
+        if sub is None or "_target_" not in sub:
+            continue
+        if not has_logger and sub["_target_"].endswith("LearningRateMonitor"):
+            continue
+        callbacks.append(instantiate(sub))
+    return callbacks
 
 
 def _jsonable(v):

@@ -84,7 +84,9 @@ def train(cfg: DictConfig) -> dict:
     model.data_shape = tuple(datamodule.data_shape)
     model.output_dir = out_dir
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
+                                     logger=loggers)
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir / "checkpoints")
 

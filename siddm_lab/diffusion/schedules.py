@@ -118,6 +118,11 @@ def make_betas(
     elif name == "ddgan_vp":
         if not (0.0 < beta_min < beta_max):
             raise ConfigError(f"schedule 'ddgan_vp' needs 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        if geometric and beta_max >= 1.0:
+            raise ConfigError(
+                f"schedule 'ddgan_vp' with geometric=true uses beta_max as the terminal variance: it must be "
+                f"< 1, got beta_max={beta_max}"
+            )
         betas = ddgan_vp_betas(T, beta_min, beta_max, geometric)
     else:
         raise ConfigError(f"schedule.name={name!r} is unknown; allowed: {', '.join(SCHEDULES)}")

@@ -1,0 +1,215 @@
+"""End-to-end runs of the train task: outputs, fast_dev_run, resume, NaN guard, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from siddm_lab.errors import NonFiniteLossError
+from tests.conftest import ROOT
+from tests.helpers import run_train
+
+TINY_TOY = [
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "dataset.n_train=2048",
+    "dataset.n_val=256",
+    "dataset.n_eval=500",
+    "dataset.batch_size=128",
+    "diffusion.steps=50",
+    "net.hidden=32",
+    "model.eval_num_samples=100",
+    "eval.num_samples=200",
+]
+
+
+def test_toy_run_writes_all_outputs(tmp_path):
+    metrics, cfg = run_train(TINY_TOY, tmp_path)
+    for name in ("config.yaml", "metrics.json", "samples.npz", "samples.png", "checkpoints/last.ckpt"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("modes_covered", "hq_ratio", "mode_kl", "fd_2d", "mmd_poly2", "mmd_rbf", "nfe",
+                "sample_seconds", "train_seconds", "global_step", "val/loss"):
+        assert key in saved, key
+    assert saved["global_step"] == 20
+    assert saved["nfe"] == 50
+    samples = np.load(tmp_path / "samples.npz")["samples"]
+    assert samples.shape == (200, 2) and np.isfinite(samples).all()
+    # periodic evaluation wrote its scatter plots
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000010.png", "step_0000020.png"]
+    # the CSV logger recorded the sample metrics of the validation
+    csv = (tmp_path / "csv" / "metrics.csv").read_text()
+    assert "val/modes_covered" in csv and "val/loss" in csv
+    # the checkpoint loads safely and carries the config
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["siddm_config"]["diffusion"]["steps"] == 50
+    assert ckpt["data_shape"] == [2]
+    assert "current_model_state" in ckpt  # EMA: state_dict holds the average, this the raw weights
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_fast_dev_run_each_parameterisation(tmp_path, prediction_type):
+    metrics, _ = run_train(TINY_TOY + ["trainer.fast_dev_run=true", f"model.prediction_type={prediction_type}",
+                                       "eval.steps=10", "schedule=cosine"], tmp_path)
+    assert metrics["nfe"] == 10
+    assert np.isfinite(metrics["fd_2d"])
+
+
+def test_fast_dev_run_mnist(tmp_path, mnist_root):
+    metrics, _ = run_train(
+        [
+            "dataset=mnist",
+            "net=unet_mnist",
+            f"paths.data_dir={mnist_root}",
+            "dataset.subset=256",
+            "dataset.batch_size=16",
+            "dataset.val_size=32",
+            "net.ch=32",
+            "net.num_res_blocks=1",
+            "trainer.fast_dev_run=true",
+            "model.eval_num_samples=0",
+            "eval.num_samples=4",
+            "eval.steps=5",
+            "eval.batch_size=4",
+        ],
+        tmp_path,
+    )
+    grid = np.load(tmp_path / "samples.npz")["samples"]
+    assert grid.shape == (4, 1, 32, 32) and grid.dtype == np.uint8
+    assert (tmp_path / "samples.png").is_file()
+    assert metrics["nfe"] == 5
+
+
+def test_digits_short_run(tmp_path):
+    metrics, _ = run_train(
+        [
+            "dataset=digits",
+            "net=unet_small",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "diffusion.steps=20",
+            "model.eval_num_samples=8",
+            "eval.num_samples=8",
+        ],
+        tmp_path,
+    )
+    assert metrics["global_step"] == 4
+    assert (tmp_path / "samples" / "step_0000004.png").is_file()
+
+
+def test_resume_from_last_checkpoint(tmp_path):
+    run_train(TINY_TOY, tmp_path)
+    metrics, _ = run_train(TINY_TOY + ["trainer.max_steps=30", "ckpt_path=last"], tmp_path)
+    assert metrics["global_step"] == 30
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    from siddm_lab.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        run_train(TINY_TOY + ["ckpt_path=last"], tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_train(TINY_TOY + [f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path)
+
+
+class _NaNAfter(nn.Module):
+    """Wraps a net and returns NaN from the n-th training call on."""
+
+    def __init__(self, net, n):
+        super().__init__()
+        self.net, self.n, self.calls = net, n, 0
+
+    def forward(self, x, t):
+        out = self.net(x, t)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.n:
+                return out * float("nan")
+        return out
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
+    from hydra.utils import instantiate
+
+    from siddm_lab.cli.common import build_callbacks, build_loggers
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(TINY_TOY + ["trainer.val_check_interval=5", "model.eval_num_samples=0"], tmp_path)
+    dm = instantiate(cfg.dataset)
+    model = instantiate(cfg.model)
+    model.net = _NaNAfter(model.net, 8)
+    model.data_shape = (2,)
+    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+    with pytest.raises(NonFiniteLossError, match=r"loss 'train/loss' is nan at step 7"):
+        trainer.fit(model, datamodule=dm)
+    ckpt_dir = tmp_path / "checkpoints"
+    last = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    # the on-exception checkpoint holds the state just before the bad update: still finite
+    exc = torch.load(ckpt_dir / "on_exception.ckpt", weights_only=True)
+    assert exc["global_step"] == 7
+    assert all(torch.isfinite(v).all() for v in exc["current_model_state"].values())
+
+
+def _cli(*args, timeout=300):
+    env = dict(os.environ, WANDB_MODE="offline")
+    return subprocess.run([sys.executable, "-m", "siddm_lab.train", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["schedule=nope"], "Could not find 'schedule/nope'"),
+        (["diffusion.steps=-4"], "diffusion.steps=-4 is invalid: expected a positive integer"),
+        (["eval.steps=2000"], "eval.steps=2000 is larger than the schedule"),
+        (["model.prediction_type=score"], "model.prediction_type='score' is invalid: expected one of eps, x0, v"),
+        (["dataset=mnist", "net=unet_mnist", "paths.data_dir=/nonexistent/data"],
+         "data directory /nonexistent/data does not exist"),
+    ],
+)
+def test_cli_bad_input_fails_cleanly(tmp_path, args, expected):
+    res = _cli(*args, f"paths.log_dir={tmp_path}", "trainer.max_steps=1")
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert expected in out, out[-2000:]
+    assert "Traceback" not in out, out[-2000:]
+
+
+def test_cli_corrupt_mnist_names_file(tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03garbage")
+    res = _cli("dataset=mnist", "net=unet_mnist", f"paths.data_dir={tmp_path / 'data'}",
+               f"paths.log_dir={tmp_path}", "trainer.max_steps=1")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "train-images-idx3-ubyte" in out and "expected 47040016" in out, out[-2000:]
+    assert "Traceback" not in out
+
+
+def test_seed_makes_runs_reproducible(tmp_path):
+    m1, _ = run_train(TINY_TOY + ["trainer.max_steps=10", "logger=none"], tmp_path / "a")
+    m2, _ = run_train(TINY_TOY + ["trainer.max_steps=10", "logger=none"], tmp_path / "b")
+    a = np.load(tmp_path / "a" / "samples.npz")["samples"]
+    b = np.load(tmp_path / "b" / "samples.npz")["samples"]
+    np.testing.assert_array_equal(a, b)
+    assert m1["fd_2d"] == m2["fd_2d"]
+
+
+def test_lightning_is_the_trainer():
+    # guard against the entry point silently bypassing Lightning
+    from siddm_lab.models import DDPM
+
+    assert issubclass(DDPM, L.LightningModule)
