@@ -95,7 +95,9 @@ def test_cosine_closed_form_and_cap():
             return math.cos(((t / T + s) / (1 + s)) * math.pi / 2) ** 2
 
         ab = [f(t) / f(0) for t in range(T + 1)]  # ᾱ(0) = 1
-        ref = torch.tensor([min(1 - ab[i + 1] / ab[i], 0.999) for i in range(T)], dtype=torch.float64)
+        ref = torch.tensor(
+            [min(1 - ab[i + 1] / ab[i], 0.999) for i in range(T)], dtype=torch.float64
+        )
         betas = make_betas("cosine", T)
         torch.testing.assert_close(betas, ref, rtol=1e-12, atol=1e-15)
         # ᾱ_t = f(t)/f(0) wherever the cap did not bite
@@ -106,6 +108,8 @@ def test_cosine_closed_form_and_cap():
         torch.testing.assert_close(
             ab_ours[:n], torch.tensor(ab[1 : n + 1], dtype=torch.float64), rtol=1e-11, atol=1e-15
         )
+        # the function's own defaults are the make_betas defaults (s = 0.008, cap 0.999)
+        torch.testing.assert_close(cosine_betas(T), betas, rtol=0, atol=0)
     # The last cosine beta (f(T) ~ 0) is capped at max_beta.
     assert make_betas("cosine", 1000)[-1].item() == 0.999
     assert cosine_betas(1000, max_beta=0.5)[-1].item() == 0.5
@@ -136,7 +140,9 @@ def test_rescale_zero_terminal_snr_matches_diffusers(name, theirs, kw, T):
         torch.cumprod(1 - ours, 0), hf.alphas_cumprod.double(), rtol=0, atol=1e-6
     )
     # make_betas(zero_terminal_snr=True) is the same thing
-    torch.testing.assert_close(make_betas(name, T, zero_terminal_snr=True, **kw), ours, rtol=0, atol=0)
+    torch.testing.assert_close(
+        make_betas(name, T, zero_terminal_snr=True, **kw), ours, rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid", "ddgan_vp"])
@@ -188,7 +194,9 @@ def test_ddgan_vp_exact(T):
 
 
 def test_ddgan_vp_rounded_values_from_paper_code():
-    np.testing.assert_allclose(make_betas("ddgan_vp", 4).numpy(), [0.478, 0.849, 0.956, 0.987], atol=5e-4)
+    np.testing.assert_allclose(
+        make_betas("ddgan_vp", 4).numpy(), [0.478, 0.849, 0.956, 0.987], atol=5e-4
+    )
     np.testing.assert_allclose(make_betas("ddgan_vp", 2).numpy(), [0.921, 0.9995], atol=5e-4)
     # the last beta of T=2 is 0.9995 to 4 decimals, not just "about 1"
     assert make_betas("ddgan_vp", 2)[1].item() == pytest.approx(0.9995, abs=5e-5)
@@ -206,7 +214,9 @@ def test_ddgan_geometric_option():
     kw = {"beta_min": 0.01, "beta_max": 0.9}
     ref = torch.tensor(_ddgan_reference(4, geometric=True, **kw), dtype=torch.float64)
     torch.testing.assert_close(ddgan_vp_betas(4, geometric=True, **kw), ref, rtol=1e-12, atol=0)
-    torch.testing.assert_close(make_betas("ddgan_vp", 4, geometric=True, **kw), ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        make_betas("ddgan_vp", 4, geometric=True, **kw), ref, rtol=1e-12, atol=0
+    )
     assert not torch.allclose(ref, torch.tensor(_ddgan_reference(4, **kw), dtype=torch.float64))
 
 
@@ -244,7 +254,9 @@ def test_bad_T_raises_config_error(T):
 
 
 @pytest.mark.parametrize("name", ["linear", "scaled_linear", "quadratic", "sigmoid"])
-@pytest.mark.parametrize("start,end", [(0.02, 0.02), (0.02, 1e-4), (0.0, 0.02), (1e-4, 1.0), (-1e-4, 0.02)])
+@pytest.mark.parametrize(
+    "start,end", [(0.02, 0.02), (0.02, 1e-4), (0.0, 0.02), (1e-4, 1.0), (-1e-4, 0.02)]
+)
 def test_bad_beta_range_raises_naming_keys(name, start, end):
     with pytest.raises(ConfigError) as err:
         make_betas(name, 10, beta_start=start, beta_end=end)
