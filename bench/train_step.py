@@ -150,8 +150,9 @@ def main():
             "all_bare": bare,
         }
         results[case] = r
-        print(f"{case}: siddm_lab {r['siddm_lab_s_per_step'] * 1e3:.2f} ms/step, bare {r['bare_torch_s_per_step'] * 1e3:.2f}"
-              f" ms/step, ratio {r['ratio']:.3f}", flush=True)
+        ours_ms, bare_ms = r["siddm_lab_s_per_step"] * 1e3, r["bare_torch_s_per_step"] * 1e3
+        print(f"{case}: siddm_lab {ours_ms:.2f} ms/step, bare {bare_ms:.2f} ms/step, ratio {r['ratio']:.3f}",
+              flush=True)
     (out_dir / "train_step.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# DDPM training step: siddm_lab vs bare PyTorch (same net, batch, math; CPU)", "",
              "| case | batch | siddm_lab ms/step | bare ms/step | ratio (goal <= 1.15) |", "|---|---|---|---|---|"]

@@ -47,7 +47,7 @@ def test_toy_run_writes_all_outputs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000010.png", "step_0000020.png"]
     # the CSV logger recorded the sample metrics of the validation
     csv = (tmp_path / "csv" / "metrics.csv").read_text()
-    assert "val/modes_covered" in csv and "val/loss" in csv
+    assert "val/modes_covered" in csv and "val/loss" in csv and "final/fd_2d" in csv
     # the checkpoint loads safely and carries the config
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["siddm_config"]["diffusion"]["steps"] == 50
@@ -213,3 +213,24 @@ def test_lightning_is_the_trainer():
     from siddm_lab.models import DDPM
 
     assert issubclass(DDPM, L.LightningModule)
+
+
+def test_wandb_logger_offline_without_credentials(tmp_path, monkeypatch):
+    """logger=wandb with no API key falls back to offline mode (no prompt) and logs the run."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    try:
+        run_train(TINY_TOY + ["logger=wandb"], tmp_path / "run")
+    finally:
+        import wandb
+
+        wandb.finish()
+    assert os.environ["WANDB_MODE"] == "offline"
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "run").rglob("*"))[:20]
+    files = {p.name for p in runs[0].rglob("*")}
+    assert any(name.endswith(".wandb") for name in files), files
+    media = list(runs[0].rglob("*.png"))
+    assert media, "the periodic scatter plots were not logged"

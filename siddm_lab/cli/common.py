@@ -59,7 +59,7 @@ def build_loggers(cfg: DictConfig):
     if not lcfg:
         return False
     loggers = []
-    for name, sub in lcfg.items():
+    for sub in lcfg.values():
         if sub is None or "_target_" not in sub:
             continue
         if "Wandb" in sub["_target_"] and not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():

@@ -109,7 +109,22 @@ def train(cfg: DictConfig) -> dict:
         log.info("results: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in shown.items()))
         log.info("outputs in %s (metrics.json, samples.png)", out_dir)
+        log_final(trainer, metrics, out_dir / "samples.png")
     return metrics
+
+
+def log_final(trainer: L.Trainer, metrics: dict, png: Path) -> None:
+    """Send the final metrics and sample plot to the loggers, then close them (one W&B run per job)."""
+    numeric = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    for logger in trainer.loggers:
+        logger.log_metrics(numeric, step=trainer.global_step)
+        if hasattr(logger, "log_image") and png.is_file():
+            logger.log_image(key="final/samples", images=[str(png)], step=trainer.global_step)
+        logger.finalize("success")
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from siddm_lab.metrics.frechet import frechet_distance_from_features

@@ -115,7 +115,8 @@ class DiffusionModule(L.LightningModule):
                 x_T = torch.randn((m, *self.data_shape), generator=generator).to(self.device)
                 g = None
                 if generator is not None:
-                    g = torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+                    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                    g = torch.Generator(self.device).manual_seed(seed)
                 out.append(sample_loop(self.predict_x0_eps, sampler, x_T, timesteps, generator=g,
                                        progress=progress).cpu())
         finally:
@@ -137,5 +138,8 @@ class DiffusionModule(L.LightningModule):
         metrics["val/sample_seconds"] = time.perf_counter() - t0
         self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
         if self.trainer.is_global_zero and self.output_dir is not None:
-            dm.save_samples(samples, Path(self.output_dir) / "samples", stem=f"step_{self.global_step:07d}",
-                            title=f"step {self.global_step}")
+            png = dm.save_samples(samples, Path(self.output_dir) / "samples", stem=f"step_{self.global_step:07d}",
+                                  title=f"step {self.global_step}")
+            for logger in self.loggers:
+                if hasattr(logger, "log_image"):  # W&B: the scatter plot / image grid
+                    logger.log_image(key="val/samples", images=[str(png)], step=self.global_step)
