@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from siddm_lab.diffusion import PREDICTION_TYPES, SCHEDULES, VARIANCE_TYPES
+from siddm_lab.diffusion import PREDICTION_TYPES, SAMPLERS, SCHEDULES, SUBSEQUENCES, VARIANCE_TYPES
 from siddm_lab.errors import ConfigError
 
 _MISSING = object()
@@ -32,6 +32,10 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _eta_ok(v) -> bool:
+    return v == "sigma_hat" or (_is_num(v) and v >= 0)
+
+
 # key, predicate, description of what is allowed. Keys absent from a config are skipped.
 Rule = tuple[str, Callable[[Any], bool], str]
 RULES: list[Rule] = [
@@ -41,7 +45,17 @@ RULES: list[Rule] = [
     ("schedule.beta_start", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
     ("schedule.beta_end", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
     ("model.prediction_type", lambda v: v in PREDICTION_TYPES, f"one of {', '.join(PREDICTION_TYPES)}"),
+    ("model.sampling.name", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
     ("model.sampling.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
+    ("model.sampling.eta", _eta_ok, "a number >= 0 or 'sigma_hat'"),
+    ("model.sampling.subsequence.name", lambda v: v in SUBSEQUENCES, f"one of {', '.join(SUBSEQUENCES)}"),
+    ("sampler.name", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+    ("sampler.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
+    ("sampler.eta", _eta_ok, "a number >= 0 or 'sigma_hat'"),
+    ("sampler.clip_x0", lambda v: v is None or (_is_num(v) and v > 0), "null or a positive number"),
+    ("subsequence.name", lambda v: v in SUBSEQUENCES, f"one of {', '.join(SUBSEQUENCES)}"),
+    ("num_samples", lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("model.sampling.clip_x0", lambda v: v is None or (_is_num(v) and v > 0), "null or a positive number"),
     ("model.sampling.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("model.eval_num_samples", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
@@ -66,11 +80,11 @@ def validate(cfg: DictConfig) -> None:
         if not ok(v):
             raise ConfigError(f"{key}={v!r} is invalid: expected {allowed}")
     T = _get(cfg, "diffusion.steps")
-    steps = _get(cfg, "eval.steps")
-    if steps is not _MISSING and steps is not None:
+    for key in ("model.sampling.steps", "sampler.steps"):
+        steps = _get(cfg, key)
+        if steps is _MISSING or steps is None:
+            continue
         if not _is_int(steps) or steps < 1:
-            raise ConfigError(f"eval.steps={steps!r} is invalid: expected null or a positive integer")
+            raise ConfigError(f"{key}={steps!r} is invalid: expected null (all steps) or a positive integer")
         if T is not _MISSING and steps > T:
-            raise ConfigError(
-                f"eval.steps={steps} is larger than the schedule: diffusion.steps={T}; allowed: 1..{T}"
-            )
+            raise ConfigError(f"{key}={steps} is larger than the schedule: diffusion.steps={T}; allowed: 1..{T}")

@@ -146,8 +146,8 @@ def test_unknown_group_option_lists_allowed():
         ("trainer.max_steps=-5", "trainer.max_steps"),
         ("model.optimizer.lr=-1", "model.optimizer.lr"),
         ("eval.num_samples=1", "eval.num_samples"),
-        ("eval.steps=1001", "eval.steps"),
-        ("eval.steps=0", "eval.steps"),
+        ("model.sampling.steps=1001", "model.sampling.steps"),
+        ("model.sampling.steps=0", "model.sampling.steps"),
         ("schedule.beta_start=2", "schedule.beta_start"),
         ("seed=-3", "seed"),
     ],
@@ -162,6 +162,6 @@ def test_invalid_values_name_the_key(override, key):
 
 
 def test_eval_steps_larger_than_schedule_message():
-    cfg = compose_cfg(["eval.steps=5000"])
-    with pytest.raises(ConfigError, match=r"eval.steps=5000 is larger than the schedule.*1\.\.1000"):
+    cfg = compose_cfg(["model.sampling.steps=5000"])
+    with pytest.raises(ConfigError, match=r"model.sampling.steps=5000 is larger than the schedule.*1\.\.1000"):
         validate(cfg)

@@ -26,7 +26,6 @@ from siddm_lab.cli.common import (
     write_resolved_config,
 )
 from siddm_lab.config import validate
-from siddm_lab.diffusion import uniform_timesteps
 from siddm_lab.errors import CheckpointError
 
 
@@ -34,11 +33,10 @@ def evaluate_model(model, datamodule, cfg: DictConfig, out_dir: Path) -> dict:
     """Sample ``eval.num_samples`` with the (EMA) weights, compute the data's metrics, write
     metrics.json and the samples."""
     T = model.diffusion.num_timesteps
-    steps = cfg.eval.get("steps")
-    timesteps = uniform_timesteps(T, steps) if steps else model.default_timesteps()
+    sampler, timesteps = model.default_sampler_and_timesteps()
     g = torch.Generator().manual_seed(int(cfg.eval.seed))
     t0 = time.perf_counter()
-    samples = model.sample(int(cfg.eval.num_samples), generator=g, timesteps=timesteps,
+    samples = model.sample(int(cfg.eval.num_samples), generator=g, sampler=sampler, timesteps=timesteps,
                            batch_size=int(cfg.eval.batch_size))
     sample_seconds = time.perf_counter() - t0
     metrics = dict(datamodule.evaluate(samples))

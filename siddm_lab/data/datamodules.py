@@ -133,7 +133,8 @@ class ToyDataModule(_Base):
             out.update(toy_metrics.mode_metrics(samples, d.centers, d.std))
         return out
 
-    def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None):
+    def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None,
+                     nrow: int | None = None):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         x = samples.detach().float().cpu().numpy()
@@ -236,10 +237,11 @@ class ImageDataModule(_Base):
             "frac_out_of_range": float(((x < -1.0) | (x > 1.0)).float().mean()),
         }
 
-    def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None):
+    def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None,
+                     nrow: int | None = None):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         x = ((samples.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         np.savez_compressed(out_dir / f"{stem}.npz", samples=x.numpy())
-        plotting.image_grid(x[:100], out_dir / f"{stem}.png", title=title)
+        plotting.image_grid(x if nrow else x[:100], out_dir / f"{stem}.png", title=title, nrow=nrow)
         return out_dir / f"{stem}.png"

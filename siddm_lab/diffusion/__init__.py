@@ -1,14 +1,32 @@
 """Pure diffusion math (no Lightning): schedules, forward/posterior, parameterisations, samplers."""
 
 from siddm_lab.diffusion.gaussian import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, extract
-from siddm_lab.diffusion.samplers import AncestralSampler, full_timesteps, sample_loop, uniform_timesteps
+from siddm_lab.diffusion.samplers import (
+    AncestralSampler,
+    SAMPLERS,
+    DDIMSampler,
+    build_sampler,
+    ddim_invert,
+    full_timesteps,
+    sample_loop,
+    slerp,
+    uniform_timesteps,
+)
+from siddm_lab.diffusion.subsequences import SUBSEQUENCES, make_timesteps
 from siddm_lab.diffusion.schedules import SCHEDULES, make_betas, rescale_zero_terminal_snr
 
 __all__ = [
     "PREDICTION_TYPES",
     "SCHEDULES",
     "VARIANCE_TYPES",
+    "SAMPLERS",
+    "SUBSEQUENCES",
+    "build_sampler",
     "AncestralSampler",
+    "DDIMSampler",
+    "ddim_invert",
+    "make_timesteps",
+    "slerp",
     "GaussianDiffusion",
     "extract",
     "full_timesteps",

@@ -38,6 +38,8 @@ class AncestralSampler:
     No noise is added on the last step (s = -1).
     """
 
+    stochastic = True
+
     def __init__(self, diffusion: GaussianDiffusion, variance_type: str = "fixed_small"):
         if variance_type not in VARIANCE_TYPES:
             raise ConfigError(
@@ -70,13 +72,62 @@ class AncestralSampler:
         return x_s
 
 
-def validate_timesteps(timesteps: Sequence[int], T: int) -> list[int]:
-    ts = [int(t) for t in timesteps]
+class DDIMSampler:
+    """DDIM (Song et al. 2021, Eq. 12) from t to the next timestep s (ᾱ_{-1} = 1):
+
+      σ = η · sqrt((1-ᾱ_s)/(1-ᾱ_t)) · sqrt(1 - ᾱ_t/ᾱ_s)
+      x_s = sqrt(ᾱ_s) x0' + sqrt(1-ᾱ_s-σ²) ε' + σ z
+
+    η = 0 is deterministic DDIM, η = 1 the DDPM posterior (``AncestralSampler`` fixed_small).
+    ``eta="sigma_hat"`` is the σ̂ row of DDIM Table 1: the η=1 mean with the larger noise
+    σ̂ = sqrt(1 - ᾱ_t/ᾱ_s) (DDPM's fixed_large over the sub-sequence, as the reference ddpm_steps).
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion, eta: float | str = 0.0):
+        if eta == "sigma_hat":
+            self.sigma_hat = True
+            self.eta = 1.0
+        else:
+            if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0:
+                raise ConfigError(f"sampler.eta={eta!r} is invalid: expected a number >= 0 or 'sigma_hat'")
+            self.sigma_hat = False
+            self.eta = float(eta)
+        self.diffusion = diffusion
+        self.stochastic = self.sigma_hat or self.eta > 0
+
+    def coefficients(self, t: int, s: int) -> tuple[float, float, float]:
+        """(coef_x0, coef_eps, std) of the update t -> s, computed in float64."""
+        ab_t, ab_s = _alpha_bar(self.diffusion, t), _alpha_bar(self.diffusion, s)
+        sigma = self.eta * ((1 - ab_s) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_s).clamp_min(0).sqrt()
+        coef_eps = (1 - ab_s - sigma**2).clamp_min(0).sqrt()
+        std = (1 - ab_t / ab_s).clamp_min(0).sqrt() if self.sigma_hat else sigma
+        if s < 0:
+            std = torch.zeros((), dtype=torch.float64)
+        return float(ab_s.sqrt()), float(coef_eps), float(std)
+
+    def step(self, x_t, t: int, s: int, x0, eps, noise=None):
+        coef_x0, coef_eps, std = self.coefficients(t, s)
+        x_s = coef_x0 * x0 + coef_eps * eps
+        if std > 0:
+            if noise is None:
+                noise = torch.randn_like(x_t)
+            x_s = x_s + std * noise
+        return x_s
+
+
+def validate_timesteps(timesteps: Sequence[int], T: int, allow_repeats: bool = False) -> list[int]:
+    """Check a sampling sequence: integers in 0..T-1, strictly decreasing (non-increasing with
+    ``allow_repeats``: a repeated timestep is a no-op step that still costs a network call, as in
+    the reference DDIM code's quadratic spacing)."""
+    ts = list(timesteps)
+    if any(isinstance(t, bool) or int(t) != t for t in ts):
+        raise ConfigError(f"timesteps must be integers, got {ts}")
+    ts = [int(t) for t in ts]
     if not ts:
         raise ConfigError("the timestep sequence is empty; it needs at least one step")
     if any(t < 0 or t >= T for t in ts):
         raise ConfigError(f"timesteps must lie in 0..{T - 1} for a schedule of T={T} steps, got {ts}")
-    if any(a <= b for a, b in zip(ts, ts[1:])):
+    if any(a < b or (a == b and not allow_repeats) for a, b in zip(ts, ts[1:])):
         raise ConfigError(f"timesteps must be strictly decreasing, got {ts}")
     return ts
 
@@ -89,9 +140,14 @@ def sample_loop(
     timesteps: Sequence[int],
     generator: torch.Generator | None = None,
     progress: bool = False,
+    allow_repeats: bool = False,
 ) -> torch.Tensor:
-    """Run ``sampler`` from x_T over ``timesteps`` (decreasing), returning the final x0."""
-    ts = validate_timesteps(timesteps, sampler.diffusion.num_timesteps)
+    """Run ``sampler`` from x_T over ``timesteps`` (decreasing), returning the final x0.
+
+    The network is called once per element of ``timesteps``: the NFE is ``len(timesteps)``.
+    Noise for stochastic steps is drawn from ``generator`` on x's device.
+    """
+    ts = validate_timesteps(timesteps, sampler.diffusion.num_timesteps, allow_repeats)
     nxt = ts[1:] + [-1]
     x = x_T
     it = zip(ts, nxt)
@@ -103,7 +159,7 @@ def sample_loop(
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         x0, eps = predict(x, t_batch)
         noise = None
-        if s >= 0:
+        if s >= 0 and sampler.stochastic:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = sampler.step(x, t, s, x0, eps, noise)
     return x
@@ -117,3 +173,60 @@ def uniform_timesteps(T: int, S: int) -> list[int]:
     if not 1 <= S <= T:
         raise ConfigError(f"the number of sampling steps must be in 1..{T} (T={T}), got {S}")
     return list(range(0, T, T // S))[::-1]
+
+
+@torch.no_grad()
+def ddim_invert(predict: PredictFn, diffusion: GaussianDiffusion, x0: torch.Tensor, timesteps: Sequence[int],
+                progress: bool = False) -> torch.Tensor:
+    """Deterministic DDIM (η=0) encoding x0 -> x_T, running the update upwards over ``timesteps``.
+
+    ``timesteps`` is the sampling sequence (decreasing, as for ``sample_loop``); the encoder walks it
+    from its smallest element up. Each step from the current level c (c = -1 is the data) to the
+    next level t evaluates the model at (x_c, t), the usual approximation of the ODE's reverse:
+      x_t = sqrt(ᾱ_t) x0'(x_c) + sqrt(1-ᾱ_t) ε'(x_c),  x0'(x_c) = (x_c - sqrt(1-ᾱ_c) ε') / sqrt(ᾱ_c).
+    Decoding the result with ``sample_loop`` and ``DDIMSampler(eta=0)`` over the same sequence
+    returns x0 up to a discretisation error that falls as the number of steps grows.
+    """
+    ts = validate_timesteps(timesteps, diffusion.num_timesteps)[::-1]
+    x = x0
+    cur = -1
+    it = ts
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(ts, desc="inverting", leave=False)
+    for t in it:
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        _, eps = predict(x, t_batch)
+        ab_c, ab_t = _alpha_bar(diffusion, cur), _alpha_bar(diffusion, t)
+        x0_pred = (x - float((1 - ab_c).sqrt()) * eps) / float(ab_c.sqrt())
+        x = float(ab_t.sqrt()) * x0_pred + float((1 - ab_t).sqrt()) * eps
+        cur = t
+    return x
+
+
+def slerp(z1: torch.Tensor, z2: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between latents (per sample, over all non-batch dims):
+    sin((1-α)θ)/sin θ · z1 + sin(αθ)/sin θ · z2, θ the angle between z1 and z2 (linear if θ ≈ 0)."""
+    a = torch.as_tensor(alpha, dtype=z1.dtype, device=z1.device)
+    flat1, flat2 = z1.reshape(z1.shape[0], -1), z2.reshape(z2.shape[0], -1)
+    cos = (flat1 * flat2).sum(1) / (flat1.norm(dim=1) * flat2.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1)).reshape(-1, *([1] * (z1.dim() - 1)))
+    sin = torch.sin(theta)
+    small = sin.abs() < 1e-6
+    w1 = torch.where(small, 1 - a, torch.sin((1 - a) * theta) / torch.where(small, 1, sin))
+    w2 = torch.where(small, a, torch.sin(a * theta) / torch.where(small, 1, sin))
+    return w1 * z1 + w2 * z2
+
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def build_sampler(diffusion: GaussianDiffusion, name: str = "ddpm", variance_type: str = "fixed_small",
+                  eta: float | str = 0.0):
+    """A sampler by name: ``ddpm`` (ancestral, ``variance_type``) or ``ddim`` (``eta`` >= 0 or 'sigma_hat')."""
+    if name == "ddpm":
+        return AncestralSampler(diffusion, variance_type)
+    if name == "ddim":
+        return DDIMSampler(diffusion, eta)
+    raise ConfigError(f"sampler.name={name!r} is unknown; allowed: {', '.join(SAMPLERS)}")

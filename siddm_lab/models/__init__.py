@@ -1,6 +1,6 @@
 """LightningModules: DDPM (and the shared base)."""
 
 from siddm_lab.models.base import DiffusionModule
-from siddm_lab.models.ddpm import DDPM
+from siddm_lab.models.ddpm import DDIM, DDPM
 
-__all__ = ["DDPM", "DiffusionModule"]
+__all__ = ["DDIM", "DDPM", "DiffusionModule"]

@@ -17,10 +17,30 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from siddm_lab.diffusion import AncestralSampler, GaussianDiffusion, full_timesteps, sample_loop
+from siddm_lab.diffusion import GaussianDiffusion, build_sampler, make_timesteps, sample_loop
 from siddm_lab.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SAMPLING = {"name": "ddpm", "variance_type": "fixed_small", "eta": 0.0, "steps": None,
+                    "subsequence": {"name": "uniform"}, "clip_x0": None, "batch_size": 1000}
+
+
+def sampler_and_timesteps(diffusion: GaussianDiffusion, sampling: dict, subsequence: dict | None = None):
+    """(sampler, decreasing timesteps) from sampler settings and a sub-sequence spec.
+
+    ``steps`` null means every timestep; otherwise the sub-sequence ``subsequence['name']``
+    (default uniform) with S = steps.
+    """
+    sub = dict(subsequence if subsequence is not None else sampling.get("subsequence") or {"name": "uniform"})
+    steps = sampling.get("steps")
+    name = sub.pop("name", "uniform")
+    if steps is None and name in ("uniform", "leading", "linspace", "trailing", "quadratic"):
+        name = "full"
+    timesteps = make_timesteps(name, diffusion.num_timesteps, steps, **sub)
+    sampler = build_sampler(diffusion, sampling.get("name", "ddpm"), sampling.get("variance_type", "fixed_small"),
+                            sampling.get("eta", 0.0))
+    return sampler, timesteps
 
 
 class DiffusionModule(L.LightningModule):
@@ -30,7 +50,9 @@ class DiffusionModule(L.LightningModule):
         diffusion: the schedule as a ``GaussianDiffusion`` (or its kwargs for ``from_schedule``).
         optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
         lr_scheduler: ``optimizer -> LRScheduler`` or None; stepped every optimizer step.
-        sampling: default sampler settings: ``variance_type``, ``clip_x0``, ``batch_size``.
+        sampling: the model's own sampler (periodic and final evaluation): ``name`` (ddpm | ddim),
+            ``variance_type`` (ddpm), ``eta`` (ddim), ``steps`` (null = all T), ``subsequence``
+            (a ``make_timesteps`` spec, default uniform), ``clip_x0``, ``batch_size``.
         eval_num_samples: samples drawn at each validation for ``datamodule.evaluate``
             (0 disables periodic sample evaluation).
         log_every_n_steps: how often the training loss is logged (logging every step costs
@@ -45,7 +67,7 @@ class DiffusionModule(L.LightningModule):
         self.diffusion = diffusion
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.sampling = {"variance_type": "fixed_small", "clip_x0": None, "batch_size": 1000, **(sampling or {})}
+        self.sampling = {**DEFAULT_SAMPLING, **(dict(sampling) if sampling else {})}
         if eval_num_samples < 0:
             raise ConfigError(f"model.eval_num_samples must be >= 0, got {eval_num_samples}")
         self.eval_num_samples = eval_num_samples
@@ -89,11 +111,8 @@ class DiffusionModule(L.LightningModule):
     def predict_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def default_sampler(self):
-        return AncestralSampler(self.diffusion, self.sampling["variance_type"])
-
-    def default_timesteps(self) -> list[int]:
-        return full_timesteps(self.diffusion.num_timesteps)
+    def default_sampler_and_timesteps(self):
+        return sampler_and_timesteps(self.diffusion, self.sampling)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, sampler=None, timesteps=None,
@@ -103,8 +122,10 @@ class DiffusionModule(L.LightningModule):
         results do not depend on the device)."""
         if self.data_shape is None:
             raise RuntimeError("data_shape is unknown: attach a datamodule or set model.data_shape")
-        sampler = sampler or self.default_sampler()
-        timesteps = timesteps if timesteps is not None else self.default_timesteps()
+        if sampler is None or timesteps is None:
+            default_sampler, default_timesteps = self.default_sampler_and_timesteps()
+            sampler = sampler or default_sampler
+            timesteps = timesteps if timesteps is not None else default_timesteps
         bs = batch_size or self.sampling["batch_size"]
         was_training = self.training
         self.eval()
@@ -118,7 +139,7 @@ class DiffusionModule(L.LightningModule):
                     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
                     g = torch.Generator(self.device).manual_seed(seed)
                 out.append(sample_loop(self.predict_x0_eps, sampler, x_T, timesteps, generator=g,
-                                       progress=progress).cpu())
+                                       progress=progress, allow_repeats=True).cpu())
         finally:
             self.train(was_training)
         return torch.cat(out)

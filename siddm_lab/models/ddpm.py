@@ -59,3 +59,13 @@ class DDPM(DiffusionModule):
 
     def predict_x0_eps(self, x_t, t):
         return self.diffusion.to_x0_eps(self.prediction_type, x_t, t, self.net(x_t, t), self.sampling["clip_x0"])
+
+
+class DDIM(DDPM):
+    """DDIM (Song, Meng, Ermon 2021): trained exactly as DDPM; samples with the DDIM update
+    (``sampling.name=ddim``, η, S steps over a sub-sequence) by default. The training objective is
+    unchanged, so one checkpoint serves any sampler (see ``siddm-sample``)."""
+
+    def __init__(self, *args, sampling: dict | None = None, **kwargs):
+        sampling = {"name": "ddim", "eta": 0.0, "steps": 50, **(dict(sampling) if sampling else {})}
+        super().__init__(*args, sampling=sampling, **kwargs)

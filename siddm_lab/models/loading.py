@@ -1,0 +1,60 @@
+"""Rebuild a trained model from a siddm_lab checkpoint (safe loading, clear errors)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from siddm_lab.errors import CheckpointError
+
+WEIGHTS = ("ema", "raw")
+
+
+def load_checkpoint(path) -> dict:
+    """``torch.load(weights_only=True)``: a checkpoint holding arbitrary pickled objects is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (a .ckpt written by siddm-train, e.g. "
+                              f"runs/<task>/<date>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"refusing to load {path}: it holds pickled objects other than tensors and plain "
+                              f"containers, which could run code ({str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+    if "siddm_config" not in ckpt:
+        raise CheckpointError(f"{path} was not written by siddm-train (no 'siddm_config' with the run's config)")
+    return ckpt
+
+
+def load_model(path, weights: str = "ema", device: str | torch.device = "cpu"):
+    """(model, run_config) from a checkpoint; ``weights`` = ema (the averaged weights, the
+    checkpoint's ``state_dict``) or raw (``current_model_state``)."""
+    if weights not in WEIGHTS:
+        raise CheckpointError(f"weights={weights!r} is unknown; allowed: {', '.join(WEIGHTS)}")
+    ckpt = load_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["siddm_config"])
+    state = ckpt["state_dict"]
+    if weights == "raw":
+        if "current_model_state" not in ckpt:
+            raise CheckpointError(f"{path} holds no separate raw weights (trained without EMA): use weights=ema")
+        state = ckpt["current_model_state"]
+    model = instantiate(cfg.model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model its config builds ({cfg.model._target_}): "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    model.data_shape = tuple(ckpt.get("data_shape") or ())
+    model.run_config = ckpt["siddm_config"]
+    model.global_step_at_save = int(ckpt.get("global_step", 0))
+    return model.to(device).eval(), cfg
