@@ -48,7 +48,11 @@ def load_model(path, weights: str = "ema", device: str | torch.device = "cpu"):
             raise CheckpointError(f"{path} holds no separate raw weights (trained without EMA): use weights=ema")
         state = ckpt["current_model_state"]
     model = instantiate(cfg.model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"checkpoint {path} does not match the model its config builds "
+                              f"({cfg.model._target_}): {str(e).splitlines()[1].strip()} ...") from e
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not match the model its config builds ({cfg.model._target_}): "

@@ -1,0 +1,172 @@
+"""siddm-sample: one checkpoint, any sampler; modes; safe loading; multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from siddm_lab.errors import CheckpointError, ConfigError
+from tests.conftest import CONF_DIR, ROOT
+from tests.helpers import run_train
+from tests.test_train import TINY_TOY
+
+
+@pytest.fixture(scope="module")
+def toy_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    run_train(TINY_TOY + ["trainer.max_steps=30", "trainer.val_check_interval=30", "model.eval_num_samples=0"], out)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def sample_cfg(overrides, out_dir):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("sample", overrides=["progress=false", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    return cfg
+
+
+def run_sample(overrides, out_dir):
+    from siddm_lab.cli.sample import sample
+
+    return sample(sample_cfg(overrides, out_dir))
+
+
+@pytest.mark.parametrize(
+    "overrides,nfe",
+    [
+        (["sampler=ddim", "sampler.steps=10"], 10),
+        (["sampler=ddim", "sampler.steps=5", "sampler.eta=1.0"], 5),
+        (["sampler=ddim", "sampler.steps=5", "sampler.eta=sigma_hat"], 5),
+        (["sampler=ddpm"], 50),
+        (["sampler=ddpm", "sampler.steps=7", "sampler.variance_type=fixed_large", "subsequence=linspace"], 7),
+        (["sampler=ddim", "subsequence=exponential"], 7),  # T=50: 0,1,2,4,8,16,32,49
+        (["sampler=ddim", "subsequence=explicit", "subsequence.timesteps=[49,20,3]"], 3),
+        (["sampler=ddim", "sampler.steps=10", "subsequence=quadratic"], 9),  # one repeat removed
+        (["sampler=ddim", "sampler.steps=10", "subsequence=quadratic", "subsequence.keep_duplicates=true"], 10),
+    ],
+)
+def test_sample_writes_outputs(toy_ckpt, tmp_path, overrides, nfe):
+    if "subsequence=exponential" in overrides:
+        nfe = 8
+    info = run_sample([f"ckpt={toy_ckpt}", "num_samples=64", "batch_size=32", *overrides], tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["nfe"] == nfe == info["nfe"]
+    for key in ("sample_seconds", "fd_2d", "modes_covered", "sampler", "subsequence", "T", "seed"):
+        assert key in saved, key
+    x = np.load(tmp_path / "samples.npz")["samples"]
+    assert x.shape == (64, 2) and np.isfinite(x).all()
+    assert (tmp_path / "samples.png").is_file() and (tmp_path / "config.yaml").is_file()
+
+
+def test_same_seed_same_samples_and_ddim_eta0_is_deterministic(toy_ckpt, tmp_path):
+    common = [f"ckpt={toy_ckpt}", "num_samples=32", "sampler.steps=10"]
+    run_sample(common + ["sampler.eta=0.5", "seed=3"], tmp_path / "a")
+    run_sample(common + ["sampler.eta=0.5", "seed=3"], tmp_path / "b")
+    run_sample(common + ["sampler.eta=0.5", "seed=4"], tmp_path / "c")
+    a, b, c = (np.load(tmp_path / d / "samples.npz")["samples"] for d in "abc")
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_ema_and_raw_weights_differ(toy_ckpt, tmp_path):
+    common = [f"ckpt={toy_ckpt}", "num_samples=16", "sampler.steps=5"]
+    run_sample(common + ["weights=ema"], tmp_path / "ema")
+    run_sample(common + ["weights=raw"], tmp_path / "raw")
+    ema = np.load(tmp_path / "ema" / "samples.npz")["samples"]
+    raw = np.load(tmp_path / "raw" / "samples.npz")["samples"]
+    assert not np.allclose(ema, raw)
+
+
+def test_interpolate_and_reconstruct(toy_ckpt, tmp_path):
+    info = run_sample([f"ckpt={toy_ckpt}", "mode=interpolate", "interpolation.pairs=2", "interpolation.frames=5",
+                       "sampler.steps=10"], tmp_path / "i")
+    strip = np.load(tmp_path / "i" / "interpolation.npz")["samples"]
+    assert strip.shape == (10, 2) and info["frames"] == 5
+    info = run_sample([f"ckpt={toy_ckpt}", "mode=reconstruct", "reconstruct.num=16", "sampler=ddim",
+                       "subsequence=full"], tmp_path / "r")
+    assert info["num_reconstructed"] == 16
+    assert np.isfinite(info["reconstruction_mse"])
+    coarse = run_sample([f"ckpt={toy_ckpt}", "mode=reconstruct", "reconstruct.num=16", "sampler.steps=2"],
+                        tmp_path / "r2")
+    assert info["reconstruction_mse"] < coarse["reconstruction_mse"]  # more steps, smaller error
+
+
+def test_steps_larger_than_schedule(toy_ckpt, tmp_path):
+    with pytest.raises(ConfigError, match=r"sampler.steps=100 is larger than the checkpoint's schedule \(T=50\)"):
+        run_sample([f"ckpt={toy_ckpt}", "sampler.steps=100"], tmp_path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_sample([f"ckpt={tmp_path}/nope.ckpt"], tmp_path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = "/tmp/siddm_lab_evil_marker"
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "siddm_config": {}, "payload": _Evil()}, bad)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        run_sample([f"ckpt={bad}"], tmp_path)
+    assert not os.path.exists(MARKER)
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, toy_ckpt):
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run_sample([f"ckpt={corrupt}"], tmp_path)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(CheckpointError, match="not written by siddm-train"):
+        run_sample([f"ckpt={foreign}"], tmp_path)
+    ckpt = torch.load(toy_ckpt, weights_only=True)
+    ckpt["siddm_config"]["net"]["hidden"] = 64  # a config that builds a different net
+    ckpt["siddm_config"]["model"]["net"]["hidden"] = 64
+    mismatch = tmp_path / "mismatch.ckpt"
+    torch.save(ckpt, mismatch)
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        run_sample([f"ckpt={mismatch}"], tmp_path)
+
+
+def test_cli_multirun_over_sampler_settings(toy_ckpt, tmp_path):
+    env = dict(os.environ, WANDB_MODE="offline")
+    res = subprocess.run(
+        [sys.executable, "-m", "siddm_lab.sample", "-m", f"ckpt={toy_ckpt}", "num_samples=16", "progress=false",
+         "sampler.steps=2,5", "sampler.eta=0.0,1.0", f"paths.log_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = sorted(tmp_path.rglob("metrics.json"))
+    assert len(metrics) == 4
+    seen = {(json.loads(p.read_text())["steps"], json.loads(p.read_text())["eta"]) for p in metrics}
+    assert seen == {(2, 0.0), (2, 1.0), (5, 0.0), (5, 1.0)}
+
+
+def test_cli_bad_input(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "siddm_lab.sample", f"ckpt={tmp_path}/missing.ckpt",
+                          f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
