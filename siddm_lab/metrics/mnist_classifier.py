@@ -38,10 +38,11 @@ def default_classifier_path() -> Path:
 
 
 class MNISTClassifier(nn.Module):
-    """Three conv blocks (16, 32, 64 channels, each halving the size) and a 128-unit hidden layer.
+    """A strided 5x5 conv (32 -> 16 px) and two 3x3 conv blocks with max-pooling (-> 8 -> 4 px), each
+    conv followed by BatchNorm and ReLU (16, 32, 64 channels for ``width=16``), then a 128-unit hidden layer.
 
     ``forward(x) -> logits [N, 10]``; ``features(x) -> [N, 128]`` (penultimate layer, after ReLU).
-    ``x``: float [N, 1, 32, 32] in [-1, 1].
+    ``x``: float [N, 1, 32, 32] in [-1, 1]. Call ``.eval()`` before extracting features (BatchNorm).
     """
 
     def __init__(self, width: int = 16, feature_dim: int = FEATURE_DIM, num_classes: int = 10):
@@ -49,9 +50,9 @@ class MNISTClassifier(nn.Module):
         w = width
         self.width, self.feature_dim, self.num_classes = width, feature_dim, num_classes
         self.conv = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x16
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(1, w, 5, stride=2, padding=2), nn.BatchNorm2d(w), nn.ReLU(),  # 16x16
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
         )
         self.fc = nn.Linear(4 * w * (IMAGE_SIZE // 8) ** 2, feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
@@ -158,13 +159,23 @@ def train_classifier(data_dir, out_path=None, *, epochs: int = 2, seed: int = 0,
             print(f"epoch {epoch + 1}/{epochs}: train loss {total / n:.4f} ({time.perf_counter() - t0:.1f} s)")
     acc = evaluate_accuracy(model, x_test, y_test, device=device)
     train_seconds = time.perf_counter() - t0
-    config = {"width": model.width, "feature_dim": model.feature_dim, "num_classes": model.num_classes,
-              "image_size": IMAGE_SIZE, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
-              "subset": subset, "test_subset": test_subset, "n_train": len(x_train), "n_test": len(x_test)}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "test_accuracy": float(acc), "config": config}, out_path)
+    config = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "subset": subset,
+              "test_subset": test_subset, "n_train": len(x_train), "n_test": len(x_test)}
+    save_classifier(model, out_path, test_accuracy=acc, config=config)
     return {"test_accuracy": float(acc), "path": str(out_path), "train_seconds": train_seconds}
+
+
+def save_classifier(model: MNISTClassifier, path, *, test_accuracy: float | None = None,
+                    config: dict | None = None) -> Path:
+    """Write ``{"state_dict", "test_accuracy", "config"}`` (plain types and tensors only) to ``path``."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {**(config or {}), "width": model.width, "feature_dim": model.feature_dim,
+              "num_classes": model.num_classes, "image_size": IMAGE_SIZE}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    acc = None if test_accuracy is None else float(test_accuracy)
+    torch.save({"state_dict": state, "test_accuracy": acc, "config": config}, path)
+    return path
 
 
 def load_classifier(path=None, device="cpu") -> MNISTClassifier:
@@ -183,6 +194,8 @@ def load_classifier(path=None, device="cpu") -> MNISTClassifier:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not an MNIST classifier checkpoint (no 'state_dict' entry); {how}")
     cfg = ckpt.get("config") or {}
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} is not an MNIST classifier checkpoint ('config' is not a dict); {how}")
     try:
         model = MNISTClassifier(width=int(cfg.get("width", 16)), feature_dim=int(cfg.get("feature_dim", FEATURE_DIM)),
                                 num_classes=int(cfg.get("num_classes", 10)))
