@@ -249,6 +249,7 @@ def inception_metrics(samples, reference=None, *, metrics: Iterable[str] = ("fid
     out: dict[str, float] = {}
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+        warnings.filterwarnings("ignore", message=".*degrees of freedom is <= 0.*")  # IS std of 1 split
         torch.manual_seed(seed)
         if "fid" in names:
             fid = FrechetInceptionDistance(feature=_Precomputed(fs.shape[1]))

@@ -14,6 +14,7 @@ which writes ``default_classifier_path()`` (``$SIDDM_CACHE_DIR/mnist_classifier.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from pathlib import Path
@@ -90,10 +91,12 @@ def to_model_space(images) -> torch.Tensor:
     return pad_uint8(x).float() / 127.5 - 1.0
 
 
-def _load_split(data_dir, split: str, verify: str):
+def _load_split(data_dir, split: str, verify: str, limit: int | None = None):
+    """MNIST ``split`` (first ``limit`` images) as model-space [N, 1, 32, 32] floats and int64 labels."""
     from siddm_lab.data.images import read_mnist
 
     images, labels = read_mnist(data_dir, split, verify=verify)
+    images, labels = images[:limit], labels[:limit]
     return to_model_space(torch.from_numpy(np.ascontiguousarray(images))), torch.from_numpy(labels)
 
 
@@ -109,7 +112,7 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
 
 
 def train_classifier(data_dir, out_path=None, *, epochs: int = 2, seed: int = 0, batch_size: int = 256,
-                     lr: float = 2e-3, subset: int | None = None, test_subset: int | None = None,
+                     lr: float = 3e-3, subset: int | None = None, test_subset: int | None = None,
                      device="cpu", verify: str = "md5", verbose: bool = False) -> dict:
     """Train ``MNISTClassifier`` on MNIST train (first ``subset`` images if given) and save it.
 
@@ -124,23 +127,20 @@ def train_classifier(data_dir, out_path=None, *, epochs: int = 2, seed: int = 0,
         raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
     if subset is not None and (not isinstance(subset, int) or subset < 1):
         raise ConfigError(f"subset must be a positive integer or None, got {subset!r}")
-    out_path = Path(out_path) if out_path is not None else default_classifier_path()
+    out_path = Path(out_path).expanduser() if out_path is not None else default_classifier_path()
     device = torch.device(device)
     t0 = time.perf_counter()
-    x_train, y_train = _load_split(data_dir, "train", verify)
-    x_test, y_test = _load_split(data_dir, "test", verify)
-    if subset is not None:
-        x_train, y_train = x_train[:subset], y_train[:subset]
-    if test_subset is not None:
-        x_test, y_test = x_test[:test_subset], y_test[:test_subset]
+    x_train, y_train = _load_split(data_dir, "train", verify, subset)
+    x_test, y_test = _load_split(data_dir, "test", verify, test_subset)
 
     torch.manual_seed(seed)
     model = MNISTClassifier().to(device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = -(-len(x_train) // batch_size)
+    total_steps = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, epochs * steps_per_epoch) / (epochs * steps_per_epoch))))
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(x_train), generator=gen)
