@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The offline data that tests and benchmarks read (MNIST in torchvision's layout).
 SHARED_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-slow test-all bench lint clean
+.PHONY: setup demo test test-slow test-all bench lint clean mnist-classifier
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,14 @@ test-all: setup
 
 bench: setup
 	SIDDM_DATA_DIR=$(SHARED_DATA) $(PY) bench/train_step.py
+	$(PY) bench/sample_ddim.py
 
 lint: setup
 	$(VENV)/bin/ruff check siddm_lab tests bench
 
 clean:
 	rm -rf runs outputs multirun wandb lightning_logs .pytest_cache
+
+# The MNIST classifier behind fd_mnist_classifier (cached in $SIDDM_CACHE_DIR or ~/.cache/siddm_lab).
+mnist-classifier: setup
+	$(PY) -m siddm_lab.metrics.mnist_classifier --data-dir $(SHARED_DATA)

@@ -20,6 +20,8 @@ def mnist_root():
 
 
 @pytest.fixture(autouse=True)
-def _offline_wandb(monkeypatch):
+def _isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # never read or write the user's cache (MNIST classifier) from tests
+    monkeypatch.setenv("SIDDM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))

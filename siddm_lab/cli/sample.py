@@ -81,7 +81,7 @@ def sample(cfg: DictConfig) -> dict:
         info["sample_seconds"] = time.perf_counter() - t0
         info["num_samples"] = len(samples)
         if cfg.metrics:
-            info.update(dm.evaluate(samples))
+            info.update(dm.evaluate(samples, strict=True))
         dm.save_samples(samples, out_dir, stem="samples", title=title)
     elif cfg.mode == "interpolate":
         info.update(interpolate(model, sampler, timesteps, dm, cfg, g, out_dir, title))

@@ -8,6 +8,7 @@ Batches are plain tensors in model space: toy points as-is, images scaled to [-1
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from siddm_lab.data.toy import ToyDistribution
 from siddm_lab.errors import ConfigError, DataError
 from siddm_lab.metrics import toy as toy_metrics
 from siddm_lab.utils import plotting
+
+log = logging.getLogger(__name__)
 
 
 def _as_is(batch):
@@ -119,7 +122,7 @@ class ToyDataModule(_Base):
             self.setup()
         return self._reference
 
-    def evaluate(self, samples: torch.Tensor) -> dict[str, float]:
+    def evaluate(self, samples: torch.Tensor, strict: bool = False) -> dict[str, float]:
         samples = samples.detach().float().cpu()
         out = {
             "fd_2d": toy_metrics.frechet_distance_2d(samples, self.reference),
@@ -175,10 +178,17 @@ class ImageDataModule(_Base):
     def __init__(self, reader: Callable, batch_size: int = 128, num_workers: int = 0,
                  subset: int | None = None, val_size: int = 1000, pad_to: int | None = None,
                  hflip: bool = False, eval_batch_size: int | None = None, name: str = "images",
-                 channels: int | None = None, image_size: int | None = None):
+                 channels: int | None = None, image_size: int | None = None, metrics: dict | None = None):
         super().__init__(batch_size, num_workers, eval_batch_size)
         self.channels = channels
         self.image_size = image_size
+        m = dict(metrics or {})
+        self.metric_names = list(m.get("names") or [])
+        self.metric_reference_size = int(m.get("reference_size", 10_000))
+        self.classifier_path = m.get("classifier_path")
+        self.inception_weights = m.get("inception_weights")
+        self._metric_reference: torch.Tensor | None = None
+        self._warned: set[str] = set()
         if subset is not None and (not isinstance(subset, int) or subset < batch_size):
             raise ConfigError(f"dataset.subset must be an integer >= dataset.batch_size={batch_size}, "
                               f"got {subset!r}")
@@ -228,14 +238,41 @@ class ImageDataModule(_Base):
             self.setup()
         return self._shape
 
-    def evaluate(self, samples: torch.Tensor) -> dict[str, float]:
-        """Sample statistics available without a feature network (image metrics: siddm_lab.metrics)."""
+    @property
+    def metric_reference(self) -> torch.Tensor:
+        """uint8 test-split images (first ``metrics.reference_size``) the image metrics compare against."""
+        if self._metric_reference is None:
+            self._metric_reference = self._load("test")[: self.metric_reference_size]
+        return self._metric_reference
+
+    def evaluate(self, samples: torch.Tensor, strict: bool = False) -> dict[str, float]:
+        """Pixel statistics, plus the configured image metrics (``dataset.metrics.names``: any of
+        fd_mnist_classifier, fid, is, kid, prc; see ``siddm_lab.metrics.image``).
+
+        A metric whose network is unavailable (no cached MNIST classifier, no local Inception weights)
+        raises when ``strict`` (siddm-sample) and is left out with a warning otherwise (training)."""
+        from siddm_lab.errors import SiddmError
+        from siddm_lab.metrics.image import compute_image_metrics
+
         x = samples.detach().float().cpu()
-        return {
+        out = {
             "sample_mean": float(x.mean()),
             "sample_std": float(x.std()),
             "frac_out_of_range": float(((x < -1.0) | (x > 1.0)).float().mean()),
         }
+        uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        for name in self.metric_names:
+            try:
+                out.update(compute_image_metrics(uint8, self.metric_reference, [name],
+                                                 classifier_path=self.classifier_path,
+                                                 inception_weights=self.inception_weights))
+            except SiddmError as e:
+                if strict:
+                    raise
+                if name not in self._warned:
+                    self._warned.add(name)
+                    log.warning("metric %s skipped: %s", name, e)
+        return out
 
     def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None,
                      nrow: int | None = None):
