@@ -2,8 +2,8 @@
 
 from siddm_lab.diffusion.gaussian import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, extract
 from siddm_lab.diffusion.samplers import (
-    AncestralSampler,
     SAMPLERS,
+    AncestralSampler,
     DDIMSampler,
     build_sampler,
     ddim_invert,
@@ -12,8 +12,8 @@ from siddm_lab.diffusion.samplers import (
     slerp,
     uniform_timesteps,
 )
-from siddm_lab.diffusion.subsequences import SUBSEQUENCES, make_timesteps
 from siddm_lab.diffusion.schedules import SCHEDULES, make_betas, rescale_zero_terminal_snr
+from siddm_lab.diffusion.subsequences import SUBSEQUENCES, make_timesteps
 
 __all__ = [
     "PREDICTION_TYPES",
