@@ -24,6 +24,13 @@ def _alpha_bar(diffusion: GaussianDiffusion, t: int) -> torch.Tensor:
     return diffusion.alphas_cumprod[t].detach().cpu()
 
 
+def _add_noise(mean: torch.Tensor, std: float, noise: torch.Tensor | None) -> torch.Tensor:
+    """mean + std·z (z = ``noise`` or fresh N(0, I)); the mean alone when std = 0."""
+    if std <= 0:
+        return mean
+    return mean + std * (torch.randn_like(mean) if noise is None else noise)
+
+
 def full_timesteps(T: int) -> list[int]:
     """T-1, T-2, ..., 0."""
     return list(range(T - 1, -1, -1))
@@ -64,12 +71,7 @@ class AncestralSampler:
 
     def step(self, x_t, t: int, s: int, x0, eps, noise=None):
         coef_x0, coef_xt, std = self.coefficients(t, s)
-        x_s = coef_x0 * x0 + coef_xt * x_t
-        if std > 0:
-            if noise is None:
-                noise = torch.randn_like(x_t)
-            x_s = x_s + std * noise
-        return x_s
+        return _add_noise(coef_x0 * x0 + coef_xt * x_t, std, noise)
 
 
 class DDIMSampler:
@@ -107,12 +109,7 @@ class DDIMSampler:
 
     def step(self, x_t, t: int, s: int, x0, eps, noise=None):
         coef_x0, coef_eps, std = self.coefficients(t, s)
-        x_s = coef_x0 * x0 + coef_eps * eps
-        if std > 0:
-            if noise is None:
-                noise = torch.randn_like(x_t)
-            x_s = x_s + std * noise
-        return x_s
+        return _add_noise(coef_x0 * x0 + coef_eps * eps, std, noise)
 
 
 def validate_timesteps(timesteps: Sequence[int], T: int, allow_repeats: bool = False) -> list[int]:

@@ -18,7 +18,6 @@ Image conventions: uint8 [N, C, H, W] in 0..255, or float in model space [-1, 1]
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -135,12 +134,10 @@ class _Precomputed(nn.Module):
         return x
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def _sha256(path: Path) -> str:
+    from siddm_lab.data.idx import file_digest
+
+    return file_digest(path, "sha256")
 
 
 def build_inception(weights_path=None, *, antialias: bool = True, check_hash: bool = True) -> nn.Module:

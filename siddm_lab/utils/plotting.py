@@ -11,22 +11,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def scatter(x: np.ndarray, path, reference: np.ndarray | None = None, centers: np.ndarray | None = None,
-            title: str | None = None, max_points: int = 5000):
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+def _points(ax, x: np.ndarray, reference: np.ndarray | None, max_points: int, labels: bool = False):
+    """Samples over the data (grey), axes fitted to the data."""
     if reference is not None:
         r = reference[:max_points]
-        ax.scatter(r[:, 0], r[:, 1], s=2, c="lightgray", label="data", rasterized=True)
+        ax.scatter(r[:, 0], r[:, 1], s=2, c="lightgray", label="data" if labels else None, rasterized=True)
     x = x[:max_points]
-    ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:blue", alpha=0.6, label="samples", rasterized=True)
-    if centers is not None:
-        ax.scatter(centers[:, 0], centers[:, 1], s=25, marker="x", c="tab:red", label="modes")
+    ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:blue", alpha=0.6, label="samples" if labels else None, rasterized=True)
     if reference is not None:
         lo, hi = reference.min(0), reference.max(0)
         pad = 0.15 * (hi - lo)
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     ax.set_aspect("equal")
+
+
+def scatter(x: np.ndarray, path, reference: np.ndarray | None = None, centers: np.ndarray | None = None,
+            title: str | None = None, max_points: int = 5000):
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    _points(ax, x, reference, max_points, labels=True)
+    if centers is not None:
+        ax.scatter(centers[:, 0], centers[:, 1], s=25, marker="x", c="tab:red", label="modes")
     ax.legend(loc="upper right", fontsize=7, markerscale=3)
     if title:
         ax.set_title(title, fontsize=9)
@@ -41,16 +46,7 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], path, reference: np.ndarr
     """One scatter panel per (title, points), same axes; used to compare methods."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), dpi=100, squeeze=False)
     for ax, (title, x) in zip(axes[0], panels):
-        if reference is not None:
-            r = reference[:max_points]
-            ax.scatter(r[:, 0], r[:, 1], s=2, c="lightgray", rasterized=True)
-        ax.scatter(x[:max_points, 0], x[:max_points, 1], s=2, c="tab:blue", alpha=0.6, rasterized=True)
-        if reference is not None:
-            lo, hi = reference.min(0), reference.max(0)
-            pad = 0.15 * (hi - lo)
-            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_aspect("equal")
+        _points(ax, x, reference, max_points)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
