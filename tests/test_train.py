@@ -15,7 +15,7 @@ from torch import nn
 
 from siddm_lab.errors import NonFiniteLossError
 from tests.conftest import ROOT
-from tests.helpers import run_train
+from tests.helpers import FAST, run_train
 
 TINY_TOY = [
     "trainer.max_steps=20",
@@ -142,7 +142,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     from siddm_lab.cli.common import build_callbacks, build_loggers
     from tests.helpers import compose_cfg
 
-    cfg = compose_cfg(TINY_TOY + ["trainer.val_check_interval=5", "model.eval_num_samples=0"], tmp_path)
+    cfg = compose_cfg(FAST + TINY_TOY + ["trainer.val_check_interval=5", "model.eval_num_samples=0"], tmp_path)
     dm = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
     model.net = _NaNAfter(model.net, 8)
