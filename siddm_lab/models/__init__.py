@@ -2,5 +2,6 @@
 
 from siddm_lab.models.base import DiffusionModule
 from siddm_lab.models.ddpm import DDIM, DDPM
+from siddm_lab.models.siddm import SIDDM
 
-__all__ = ["DDIM", "DDPM", "DiffusionModule"]
+__all__ = ["DDIM", "DDPM", "SIDDM", "DiffusionModule"]

@@ -1,0 +1,66 @@
+"""Discriminators for DDGAN / SIDDM on flat (2-D toy) data.
+
+``TimeDiscriminator`` sees x_{t-1} (and, for DDGAN's joint discriminator, x_t concatenated) with
+a time embedding, and has up to three heads on a shared trunk (SIDDM, REFERENCES §5):
+  * ``logit``: real/fake;
+  * ``cond``: the conditional estimator C_ψ(x_{t-1}, t) ≈ E[x_t | x_{t-1}] of the AFD entropy term;
+  * ``aux``: D_aux(x_{t-1}, t) ≈ x0, the discriminator regulariser's reconstruction head.
+Heads that a mode does not use are not built, so every parameter takes part in a loss (plain DDP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from siddm_lab.nets.embeddings import TimestepEmbedding
+
+
+@dataclass
+class DiscriminatorOutput:
+    logit: torch.Tensor
+    cond: torch.Tensor | None = None
+    aux: torch.Tensor | None = None
+
+
+class TimeDiscriminator(nn.Module):
+    """Args: ``data_dim``; ``hidden``/``num_layers`` of the LeakyReLU MLP trunk; ``joint`` adds x_t
+    to the input (DDGAN); ``cond_head``/``aux_head`` build SIDDM's extra heads."""
+
+    def __init__(self, data_dim: int = 2, hidden: int = 256, num_layers: int = 3, time_dim: int = 64,
+                 joint: bool = False, cond_head: bool = False, aux_head: bool = False):
+        super().__init__()
+        self.joint = joint
+        self.time_embed = TimestepEmbedding(time_dim, hidden)
+        in_dim = data_dim * (2 if joint else 1)
+        self.inp = nn.Linear(in_dim, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(hidden, hidden))
+                                    for _ in range(num_layers))
+        self.logit = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        self.cond = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(hidden, data_dim)) if cond_head else None
+        self.aux = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(hidden, data_dim)) if aux_head else None
+
+    def trunk(self, x_prev: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor | None = None) -> torch.Tensor:
+        if self.joint:
+            if x_t is None:
+                raise ValueError("a joint (DDGAN) discriminator needs x_t")
+            x_prev = torch.cat([x_prev, x_t], dim=-1)
+        h = self.inp(x_prev) + self.time_embed(t)
+        for block in self.blocks:
+            h = h + block(h)
+        return h
+
+    def forward(self, x_prev, t, x_t=None, heads: tuple[str, ...] = ("logit",)) -> DiscriminatorOutput:
+        h = self.trunk(x_prev, t, x_t)
+        out = DiscriminatorOutput(logit=self.logit(h).squeeze(-1) if "logit" in heads else None)
+        if "cond" in heads:
+            if self.cond is None:
+                raise ValueError("this discriminator has no conditional-estimator head (cond_head=False)")
+            out.cond = self.cond(h)
+        if "aux" in heads:
+            if self.aux is None:
+                raise ValueError("this discriminator has no reconstruction head (aux_head=False)")
+            out.aux = self.aux(h)
+        return out
