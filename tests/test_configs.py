@@ -20,7 +20,7 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_options():
     for group in ("model", "dataset", "net", "schedule", "trainer", "logger", "callbacks", "paths",
-                  "experiment", "hydra", "sampler", "subsequence", "subsampling"):
+                  "experiment", "hydra", "sampler", "subsequence", "subsampling", "ablation", "method", "afd_row"):
         assert options(group), group
 
 
@@ -74,8 +74,10 @@ def test_image_datasets_with_their_unet(dataset, net):
 
 @pytest.mark.parametrize("option", options("net"))
 def test_every_net_option_builds(option):
-    dataset = {"mlp": "gaussians25", "unet_small": "digits", "unet_mnist": "mnist", "unet_cifar10": "cifar10"}[option]
-    cfg = compose_cfg([f"dataset={dataset}", f"net={option}"])
+    dataset = {"mlp": "gaussians25", "mlp_gen": "gaussians25", "unet_small": "digits", "unet_mnist": "mnist",
+               "unet_cifar10": "cifar10"}[option]
+    model = "siddm" if option.endswith("_gen") else "ddpm"
+    cfg = compose_cfg([f"dataset={dataset}", f"net={option}", f"model={model}"])
     assert sum(p.numel() for p in instantiate(cfg.net).parameters()) > 0
 
 
@@ -230,3 +232,29 @@ def test_eval_steps_larger_than_schedule_message():
     cfg = compose_cfg(["model.sampling.steps=5000"])
     with pytest.raises(ConfigError, match=r"model.sampling.steps=5000 is larger than the schedule.*1\.\.1000"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options_instantiate(option):
+    gan = option in ("siddm", "ddgan")
+    overrides = [f"model={option}"] + (["net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4"] if gan else [])
+    cfg = compose_cfg(overrides)
+    validate(cfg)
+    model = instantiate(cfg.model)
+    assert type(model).__name__ == {"ddpm": "DDPM", "ddim": "DDIM", "siddm": "SIDDM", "ddgan": "SIDDM"}[option]
+
+
+@pytest.mark.parametrize("option", options("ablation"))
+def test_ablation_options(option):
+    cfg = compose_cfg(["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", f"ablation={option}"])
+    model = instantiate(cfg.model)
+    assert model.ablation["name"] == option
+
+
+@pytest.mark.parametrize("group,row", [("method", m) for m in options("method")]
+                         + [("afd_row", r) for r in options("afd_row")])
+def test_table_rows_compose(group, row):
+    experiment = "siddm_toy" if group == "method" else "siddm_ablation_afd"
+    cfg = compose_cfg([f"experiment={experiment}", f"+{group}={row}"])
+    validate(cfg)
+    instantiate(cfg.model)
