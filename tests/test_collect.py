@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from siddm_lab.cli.collect import collect, main, pivot
+from siddm_lab.cli.collect import collect, listing, main, pivot
 
 
 def _job(root, name, overrides, metrics=None, raw=None):
@@ -44,3 +44,13 @@ def test_collect_table_plot_and_problems(tmp_path, capsys):
     assert (tmp_path / "table.md").is_file() and (tmp_path / "fd_vs_nfe.png").is_file()
     with open(tmp_path / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
+
+
+def test_listing_one_line_per_row(tmp_path):
+    _job(tmp_path, "0", ["+row=a", "seed=0"], {"nfe": 12, "fd": 2.0})
+    _job(tmp_path, "1", ["+row=a", "seed=1"], {"nfe": 12, "fd": 4.0})
+    _job(tmp_path, "2", ["+row=b", "seed=0"], {"nfe": 101, "fd": 1.0})
+    rows, problems = collect(tmp_path)
+    assert not problems
+    lines = listing(rows, "row", "fd").strip().splitlines()
+    assert lines[2] == "| a | 12 | 3 ± 1.4 |" and lines[3] == "| b | 101 | 1 |"

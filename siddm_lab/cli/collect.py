@@ -92,6 +92,21 @@ def pivot(rows: list[dict], row_key: str, col_key: str, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def listing(rows: list[dict], row_key: str, metric: str) -> str:
+    """Markdown table with one line per value of ``row_key``: NFE and mean ± std of ``metric``."""
+    groups = defaultdict(list)
+    for r in rows:
+        if metric in r and row_key in r:
+            groups[str(r[row_key])].append(r)
+    lines = [f"| {row_key} | NFE | {metric} |", "|---|---|---|"]
+    for key in sorted(groups, key=_sort_key):
+        vals = [float(r[metric]) for r in groups[key]]
+        nfe = sorted({str(r.get("nfe", "")) for r in groups[key]})
+        cell = f"{vals[0]:.4g}" if len(vals) == 1 else f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}"
+        lines.append(f"| {key} | {', '.join(nfe)} | {cell} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, title: str = "") -> Path | None:
     import matplotlib
 
@@ -126,7 +141,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep_dir")
     ap.add_argument("--rows", help="config key for table rows (e.g. sampler.eta)")
-    ap.add_argument("--cols", help="config key for table columns (e.g. sampler.steps)")
+    ap.add_argument("--cols", help="config key for table columns (e.g. sampler.steps); without it one line per row")
     ap.add_argument("--metric", default="fd_2d", help="metric in the table and the plot")
     ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot")
     ap.add_argument("--out", help="output folder (default: the sweep folder)")
@@ -143,8 +158,8 @@ def main(argv=None):
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    if args.rows and args.cols:
-        table = pivot(rows, args.rows, args.cols, args.metric)
+    if args.rows:
+        table = pivot(rows, args.rows, args.cols, args.metric) if args.cols else listing(rows, args.rows, args.metric)
         (out / "table.md").write_text(f"{args.metric}\n\n{table}")
         print(table)
     png = plot_vs_nfe(rows, args.metric, args.group, out / f"{args.metric}_vs_nfe.png")
