@@ -20,7 +20,8 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_options():
     for group in ("model", "dataset", "net", "schedule", "trainer", "logger", "callbacks", "paths",
-                  "experiment", "hydra", "sampler", "subsequence", "subsampling", "ablation", "method", "afd_row"):
+                  "experiment", "hydra", "sampler", "subsequence", "subsampling", "ablation", "method", "afd_row",
+                  "discriminator"):
         assert options(group), group
 
 
@@ -75,7 +76,7 @@ def test_image_datasets_with_their_unet(dataset, net):
 @pytest.mark.parametrize("option", options("net"))
 def test_every_net_option_builds(option):
     dataset = {"mlp": "gaussians25", "mlp_gen": "gaussians25", "unet_small": "digits", "unet_mnist": "mnist",
-               "unet_cifar10": "cifar10"}[option]
+               "unet_gen": "mnist", "unet_cifar10": "cifar10"}[option]
     model = "siddm" if option.endswith("_gen") else "ddpm"
     cfg = compose_cfg([f"dataset={dataset}", f"net={option}", f"model={model}"])
     assert sum(p.numel() for p in instantiate(cfg.net).parameters()) > 0
@@ -258,3 +259,18 @@ def test_table_rows_compose(group, row):
     cfg = compose_cfg([f"experiment={experiment}", f"+{group}={row}"])
     validate(cfg)
     instantiate(cfg.model)
+
+
+@pytest.mark.parametrize("option", options("discriminator"))
+def test_discriminator_options(option):
+    from siddm_lab.nets import DiscriminatorOutput
+
+    if option == "mlp":
+        overrides, x = ["net=mlp_gen"], torch.randn(3, 2)
+    else:
+        overrides, x = ["dataset=mnist", "net=unet_gen"], torch.randn(3, 1, 32, 32)
+    cfg = compose_cfg(["model=siddm", f"discriminator={option}", "schedule=ddgan_vp", "diffusion.steps=4", *overrides])
+    model = instantiate(cfg.model)
+    out = model.discriminator(x, torch.tensor([0, 1, 2]), heads=("logit", "cond", "aux"))
+    assert isinstance(out, DiscriminatorOutput) and out.logit.shape == (3,)
+    assert out.cond.shape == x.shape and out.aux.shape == x.shape

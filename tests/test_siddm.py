@@ -12,7 +12,7 @@ from tests.helpers import FAST, compose_cfg, run_train
 
 TOY = FAST + [
     "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "dataset.n_train=2048", "dataset.n_val=256",
-    "dataset.n_eval=500", "dataset.batch_size=128", "net.hidden=32", "model.discriminator.hidden=32",
+    "dataset.n_eval=500", "dataset.batch_size=128", "net.hidden=32", "discriminator.hidden=32",
     "model.eval_num_samples=100", "eval.num_samples=200",
 ]
 
@@ -56,8 +56,15 @@ def test_discriminator_inputs_marginal_vs_joint(model, sees_x_t):
 
 
 def test_mode_and_discriminator_must_agree():
+    from siddm_lab.nets import TimeDiscriminator
+
+    cfg = compose_cfg(TOY + ["model=ddgan"])
     with pytest.raises(Exception, match="joint discriminator"):
-        build(["model=ddgan", "model.discriminator.joint=false"])
+        instantiate(cfg.model, discriminator=TimeDiscriminator(joint=False))
+    built = instantiate(cfg.model)
+    assert built.discriminator.joint and built.discriminator.cond is None and built.discriminator.aux is None
+    siddm = build(["model=siddm", "ablation=no_entropy"])
+    assert not siddm.discriminator.joint and siddm.discriminator.cond is None and siddm.discriminator.aux is not None
     with pytest.raises(Exception, match="latent of size"):
         build(["model=siddm", "net.cond_dim=3"])
 
@@ -167,3 +174,23 @@ def test_generator_without_any_loss_is_refused():
     _, x_t = m.diffusion.q_sample_pairs(x0, t)
     with pytest.raises(ConfigError, match="no loss"):
         m.g_losses(x_t, t)
+
+
+@pytest.mark.parametrize("model,sees_x_t", [("siddm", False), ("ddgan", True)])
+def test_image_siddm_losses_and_discriminator_inputs(model, sees_x_t, tmp_path):
+    cfg = compose_cfg(FAST + ["experiment=siddm_mnist", f"model={model}", "net.ch=32", "model.nz=8",
+                              "discriminator.ch=32", "dataset.channels=1", "dataset.image_size=8",
+                              "net.channel_mult=[1,2]", "net.attn_resolutions=[]",
+                              "discriminator.channel_mult=[1,2]"], tmp_path)
+    m = instantiate(cfg.model)
+    spy = Spy(m.discriminator)
+    m.discriminator = spy
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    t = torch.tensor([0, 1, 2, 3])
+    x_prev, x_t = m.diffusion.q_sample_pairs(x0, t)
+    d = m.d_losses(x0, x_prev, x_t, t, step=0)
+    g = m.g_losses(x_t, t)
+    assert all(torch.isfinite(v) for v in {**d, **g}.values())
+    assert spy.calls and all(c == sees_x_t for c in spy.calls)
+    if model == "siddm":
+        assert {"disc_reg", "entropy_c"} <= set(d) and {"afd_ce", "afd_entropy"} <= set(g)

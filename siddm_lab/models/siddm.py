@@ -44,7 +44,10 @@ DEFAULT_ABLATION = {"lambda_afd": 1.0, "afd_form": "released", "entropy": True, 
 class SIDDM(DiffusionModule):
     """Args:
         generator: ``f(x_t, t, cond=z) -> x0'`` with ``cond_dim == nz``.
-        discriminator: ``TimeDiscriminator`` (joint for ddgan; cond/aux heads for siddm).
+        discriminator: a discriminator module, or a factory ``(joint, cond_head, aux_head) -> module``
+            (a Hydra ``_partial_``, ``conf/discriminator``) that the model calls with what its mode and
+            ablation need: joint for ddgan, the C_ψ head if the entropy term is on, the D_aux head if
+            the regulariser is on (so every parameter takes part in a loss).
         optimizer_g / optimizer_d: ``params -> Optimizer`` partials (Adam betas (0.5, 0.9) in DDGAN).
         lr_scheduler_g / lr_scheduler_d: ``optimizer -> LRScheduler`` partials or None (stepped per iteration).
         mode: siddm | ddgan.  nz: latent size.  z_dist: normal | uniform (the authors' toy code: uniform).
@@ -71,6 +74,10 @@ class SIDDM(DiffusionModule):
             raise ConfigError(f"ablation keys {sorted(unknown)} are unknown; allowed: {', '.join(DEFAULT_ABLATION)}")
         if abl["lambda_afd"] < 0 or abl["lambda_disc_reg"] < 0:
             raise ConfigError("ablation.lambda_afd and ablation.lambda_disc_reg must be >= 0")
+        self.mode, self.ablation = mode, abl
+        if not isinstance(discriminator, nn.Module):
+            discriminator = discriminator(joint=mode == "ddgan", cond_head=self.uses_entropy,
+                                          aux_head=self.uses_disc_reg)
         if mode == "ddgan" and not getattr(discriminator, "joint", True):
             raise ConfigError("model.mode=ddgan needs a joint discriminator (discriminator.joint=true)")
         if mode == "siddm" and getattr(discriminator, "joint", False):

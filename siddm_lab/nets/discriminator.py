@@ -64,3 +64,60 @@ class TimeDiscriminator(nn.Module):
                 raise ValueError("this discriminator has no reconstruction head (aux_head=False)")
             out.aux = self.aux(h)
         return out
+
+
+class ConvDiscriminator(nn.Module):
+    """Image discriminator for DDGAN / SIDDM: a down-sampling conv encoder (GroupNorm, LeakyReLU) with
+    an additive time embedding per stage, and the same heads as ``TimeDiscriminator``.
+
+    The ``cond`` and ``aux`` heads predict images (x_t and x0) with a small decoder on the encoder's
+    first-stage features, so they stay spatial. ``joint`` concatenates x_t on channels (DDGAN).
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 32, ch: int = 64, channel_mult=(1, 2, 2),
+                 time_dim: int = 128, joint: bool = False, cond_head: bool = False, aux_head: bool = False):
+        super().__init__()
+        self.joint = joint
+        self.time_embed = TimestepEmbedding(ch, time_dim)
+        c_in = in_channels * (2 if joint else 1)
+        self.stem = nn.Conv2d(c_in, ch, 3, padding=1)
+        self.stages = nn.ModuleList()
+        self.temb = nn.ModuleList()
+        cur = ch
+        for mult in channel_mult:
+            out = ch * mult
+            self.stages.append(nn.Sequential(nn.GroupNorm(min(32, cur), cur), nn.LeakyReLU(0.2),
+                                             nn.Conv2d(cur, out, 3, stride=2, padding=1)))
+            self.temb.append(nn.Linear(time_dim, out))
+            cur = out
+        self.logit = nn.Sequential(nn.LeakyReLU(0.2), nn.Flatten(), nn.LazyLinear(1))
+
+        def decoder():
+            return nn.Sequential(nn.GroupNorm(min(32, ch), ch), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(ch, in_channels, 3, padding=1))
+
+        self.cond = decoder() if cond_head else None
+        self.aux = decoder() if aux_head else None
+        with torch.no_grad():  # materialise the lazy layer
+            s = image_size
+            self.forward(torch.zeros(1, in_channels, s, s), torch.zeros(1, dtype=torch.long),
+                         torch.zeros(1, in_channels, s, s) if joint else None)
+
+    def forward(self, x_prev, t, x_t=None, heads: tuple[str, ...] = ("logit",)) -> DiscriminatorOutput:
+        if self.joint:
+            if x_t is None:
+                raise ValueError("a joint (DDGAN) discriminator needs x_t")
+            x_prev = torch.cat([x_prev, x_t], dim=1)
+        emb = torch.nn.functional.silu(self.time_embed(t))
+        h0 = self.stem(x_prev)
+        h = h0
+        for stage, proj in zip(self.stages, self.temb):
+            h = stage(h) + proj(emb)[:, :, None, None]
+        out = DiscriminatorOutput(logit=self.logit(h).squeeze(-1) if "logit" in heads else None)
+        for name in ("cond", "aux"):
+            if name in heads:
+                head = getattr(self, name)
+                if head is None:
+                    raise ValueError(f"this discriminator has no '{name}' head")
+                setattr(out, name, head(h0))
+        return out
