@@ -72,7 +72,15 @@ RULES: list[Rule] = [
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first invalid value."""
+    """Raise ConfigError for the first invalid value (or an interpolation that does not resolve)."""
+    for key in cfg:
+        if key == "hydra":
+            continue
+        try:
+            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        except Exception as e:  # noqa: BLE001 - omegaconf raises several types
+            raise ConfigError(f"{key}: the config does not resolve: {str(e).splitlines()[0]} "
+                              f"(check the groups chosen together, e.g. a net for this dataset)") from e
     for key, ok, allowed in RULES:
         v = _get(cfg, key)
         if v is _MISSING:

@@ -274,3 +274,9 @@ def test_discriminator_options(option):
     out = model.discriminator(x, torch.tensor([0, 1, 2]), heads=("logit", "cond", "aux"))
     assert isinstance(out, DiscriminatorOutput) and out.logit.shape == (3,)
     assert out.cond.shape == x.shape and out.aux.shape == x.shape
+
+
+def test_groups_that_do_not_fit_together_fail_by_name():
+    cfg = compose_cfg(["dataset=mnist", "net=mlp"])  # the 2-D MLP needs dataset.data_dim
+    with pytest.raises(ConfigError, match=r"^net: the config does not resolve.*dataset.data_dim"):
+        validate(cfg)
