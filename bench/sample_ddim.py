@@ -93,11 +93,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cases", default="toy_mlp,mnist_unet")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     device = torch.device(args.device)
     results = {}
-    for case in ("toy_mlp", "mnist_unet"):
+    for case in args.cases.split(","):
         model, shape, batch = build(case, device)
         for S in (10, 50):
             time_ours(model, S, batch, device)  # warm-up
