@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from siddm_lab.diffusion import subsequences as _subsequences
 from siddm_lab.diffusion.gaussian import VARIANCE_TYPES, GaussianDiffusion
 from siddm_lab.errors import ConfigError
 
@@ -31,9 +32,9 @@ def _add_noise(mean: torch.Tensor, std: float, noise: torch.Tensor | None) -> to
     return mean + std * (torch.randn_like(mean) if noise is None else noise)
 
 
-def full_timesteps(T: int) -> list[int]:
-    """T-1, T-2, ..., 0."""
-    return list(range(T - 1, -1, -1))
+# The plain sequences, kept under their sampler-side names (the sub-sequence module holds the maths).
+full_timesteps = _subsequences.full
+uniform_timesteps = _subsequences.uniform
 
 
 class AncestralSampler:
@@ -160,16 +161,6 @@ def sample_loop(
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = sampler.step(x, t, s, x0, eps, noise)
     return x
-
-
-def uniform_timesteps(T: int, S: int) -> list[int]:
-    """ermongroup/ddim "uniform" skip: range(0, T, T // S), returned in sampling (decreasing) order.
-
-    It may hold a few more than S steps when T is not a multiple of S; its length is the NFE.
-    """
-    if not 1 <= S <= T:
-        raise ConfigError(f"the number of sampling steps must be in 1..{T} (T={T}), got {S}")
-    return list(range(0, T, T // S))[::-1]
 
 
 @torch.no_grad()
