@@ -31,3 +31,25 @@ def run_train(overrides: list[str], output_dir: Path):
 
     cfg = compose_cfg(FAST + overrides, output_dir)
     return train(cfg), cfg
+
+
+def use_float64_schedule(scheduler, diffusion):
+    """Give a diffusers scheduler our float64 schedule (for float64 parity checks)."""
+    import torch
+
+    scheduler.betas = diffusion.betas.clone()
+    scheduler.alphas = diffusion.alphas.clone()
+    scheduler.alphas_cumprod = diffusion.alphas_cumprod.clone()
+    one = torch.tensor(1.0, dtype=torch.float64)
+    scheduler.final_alpha_cumprod = one  # DDIMScheduler
+    scheduler.one = one  # DDPMScheduler
+    return scheduler
+
+
+def eps_predictor(diffusion, model, clip_x0: float | None = None):
+    """``predict(x_t, t) -> (x0', ε')`` for an ε-predicting ``model``, as the models build it."""
+
+    def predict(x, t):
+        return diffusion.to_x0_eps("eps", x, t, model(x, t), clip_x0=clip_x0)
+
+    return predict

@@ -20,6 +20,7 @@ from siddm_lab.diffusion import subsequences as ss
 from siddm_lab.diffusion.gaussian import GaussianDiffusion
 from siddm_lab.diffusion.samplers import AncestralSampler, DDIMSampler, ddim_invert, sample_loop, slerp
 from siddm_lab.errors import ConfigError
+from tests.helpers import eps_predictor, use_float64_schedule
 
 F64 = torch.float64
 T = 1000
@@ -42,10 +43,7 @@ def _hf(spacing: str = "leading", diffusion: GaussianDiffusion | None = None) ->
         prediction_type="epsilon",
     )
     if diffusion is not None:
-        s.betas = diffusion.betas.clone()
-        s.alphas = diffusion.alphas.clone()
-        s.alphas_cumprod = diffusion.alphas_cumprod.clone()
-        s.final_alpha_cumprod = torch.tensor(1.0, dtype=F64)
+        use_float64_schedule(s, diffusion)
     return s
 
 
@@ -69,11 +67,7 @@ class GaussianEps:
         return gain * x + self.pert * torch.tanh(x @ self.W.to(x.dtype) + (tt * self.b).to(x.dtype))
 
 
-def _predictor(diffusion: GaussianDiffusion, model, clip_x0: float | None = None):
-    def predict(x, t):
-        return diffusion.to_x0_eps("eps", x, t, model(x, t), clip_x0=clip_x0)
-
-    return predict
+_predictor = eps_predictor
 
 
 def _our_loop(sampler, predict, x, ts, noises):

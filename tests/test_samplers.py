@@ -24,6 +24,7 @@ from siddm_lab.diffusion.samplers import (
     validate_timesteps,
 )
 from siddm_lab.errors import ConfigError
+from tests.helpers import eps_predictor, use_float64_schedule
 
 F64 = torch.float64
 VARIANCES = ("fixed_small", "fixed_large")
@@ -41,11 +42,7 @@ def _hf64(diffusion: GaussianDiffusion, variance_type: str) -> DDPMScheduler:
         clip_sample=False,
         prediction_type="epsilon",
     )
-    s.betas = diffusion.betas.clone()
-    s.alphas = diffusion.alphas.clone()
-    s.alphas_cumprod = diffusion.alphas_cumprod.clone()
-    s.one = torch.tensor(1.0, dtype=F64)
-    return s
+    return use_float64_schedule(s, diffusion)
 
 
 class LinearEps:
@@ -82,11 +79,7 @@ class GaussianEps(LinearEps):
         return gain * x + 0.1 * super().__call__(x, t)
 
 
-def _predictor(diffusion, model):
-    def predict(x, t):
-        return diffusion.to_x0_eps("eps", x, t, model(x, t))
-
-    return predict
+_predictor = eps_predictor
 
 
 @pytest.fixture
