@@ -20,9 +20,16 @@ PredictFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Ten
 
 
 def _alpha_bar(diffusion: GaussianDiffusion, t: int) -> torch.Tensor:
+    """ᾱ_t as a float64 CPU scalar (ᾱ_{-1} = 1). The step coefficients are host-side scalars; reading
+    them from a CPU copy (made once per device placement) avoids a device sync per sampling step."""
     if t < 0:
         return torch.ones((), dtype=torch.float64)
-    return diffusion.alphas_cumprod[t].detach().cpu()
+    ab = diffusion.alphas_cumprod
+    cache = getattr(diffusion, "_alphas_cumprod_cpu", None)
+    if cache is None or cache[0] is not ab:
+        cache = (ab, ab.detach().to("cpu", torch.float64))
+        diffusion._alphas_cumprod_cpu = cache
+    return cache[1][t]
 
 
 def _add_noise(mean: torch.Tensor, std: float, noise: torch.Tensor | None) -> torch.Tensor:
