@@ -261,17 +261,25 @@ class ImageDataModule(_Base):
             "frac_out_of_range": float(((x < -1.0) | (x > 1.0)).float().mean()),
         }
         uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        for name in self.metric_names:
-            try:
-                out.update(compute_image_metrics(uint8, self.metric_reference, [name],
-                                                 classifier_path=self.classifier_path,
-                                                 inception_weights=self.inception_weights))
-            except SiddmError as e:
-                if strict:
-                    raise
-                if name not in self._warned:
-                    self._warned.add(name)
-                    log.warning("metric %s skipped: %s", name, e)
+        if not self.metric_names:
+            return out
+
+        def compute(names):
+            return compute_image_metrics(uint8, self.metric_reference, names, classifier_path=self.classifier_path,
+                                         inception_weights=self.inception_weights)
+
+        try:  # all at once: the Inception metrics share one pass over the images
+            out.update(compute(self.metric_names))
+        except SiddmError:
+            if strict:
+                raise
+            for name in self.metric_names:  # keep what can be computed, say what cannot
+                try:
+                    out.update(compute([name]))
+                except SiddmError as e:
+                    if name not in self._warned:
+                        self._warned.add(name)
+                        log.warning("metric %s skipped: %s", name, e)
         return out
 
     def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None,
