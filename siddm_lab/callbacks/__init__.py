@@ -1,4 +1,4 @@
-"""Lightning callbacks: EMA, non-finite-loss guard glue."""
+"""Lightning callbacks: EMA of the weights."""
 
 from siddm_lab.callbacks.ema import EMA
 

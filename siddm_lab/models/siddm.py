@@ -87,8 +87,7 @@ class SIDDM(DiffusionModule):
         self.discriminator = discriminator
         self.optimizer_d_factory = optimizer_d
         self.lr_scheduler_d_factory = lr_scheduler_d
-        self.mode, self.nz, self.z_dist = mode, nz, z_dist
-        self.ablation = abl
+        self.nz, self.z_dist = nz, z_dist
         self.r1_gamma, self.lazy_reg = float(r1_gamma), max(1, int(lazy_reg))
         self.grad_clip_g, self.grad_clip_d = grad_clip_g, grad_clip_d
         self._z_generator: torch.Generator | None = None
