@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
+import pytest
+
 from siddm_lab.cli.collect import collect, listing, main, pivot
 
 
@@ -54,3 +57,60 @@ def test_listing_one_line_per_row(tmp_path):
     assert not problems
     lines = listing(rows, "row", "fd").strip().splitlines()
     assert lines[2] == "| a | 12 | 3 ± 1.4 |" and lines[3] == "| b | 101 | 1 |"
+
+
+def test_listing_several_metrics_and_paper_column(tmp_path):
+    _job(tmp_path, "0", ["+method=siddm", "seed=0"], {"nfe": 4, "fd": 2.0, "modes": 25})
+    _job(tmp_path, "1", ["+method=siddm", "seed=1"], {"nfe": 4, "fd": 4.0, "modes": 23})
+    _job(tmp_path, "2", ["+method=ddgan", "seed=0"], {"nfe": 4, "fd": 9.0})
+    rows, _ = collect(tmp_path)
+    lines = listing(rows, "method", ["fd", "modes"], paper={"siddm": 0.14}).strip().splitlines()
+    assert lines[0] == "| method | NFE | fd | modes | paper |"
+    assert lines[2] == "| ddgan | 4 | 9 | — | — |"  # a metric the job lacks reads as missing
+    assert lines[3] == "| siddm | 4 | 3 ± 1.4 | 24 ± 1.4 | 0.14 |"
+
+
+def test_pivot_with_paper_numbers_from_yaml(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    _job(sweep, "0", ["+method=siddm", "diffusion.steps=2", "seed=0"], {"nfe": 2, "fd_2d": 0.5})
+    _job(sweep, "1", ["+method=siddm", "diffusion.steps=4", "seed=0"], {"nfe": 4, "fd_2d": 0.25})
+    _job(sweep, "2", ["+method=ddgan", "diffusion.steps=4", "seed=0"], {"nfe": 4, "fd_2d": 3.0})
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("metric: unnamed in the summary\nsource: Xu et al. 2023\n"
+                     "values:\n  siddm: {2: 0.14, 4: 1.21}\n  ddgan: {4: 0.49}\n")
+    rc = main([str(sweep), "--rows", "method", "--cols", "diffusion.steps", "--metric", "fd_2d",
+               "--paper", str(paper)])
+    assert rc == 0
+    table = (sweep / "table.md").read_text()
+    assert "| ddgan | — (—) | 3 (0.49) |" in table  # numbers match loosely: "4" == 4
+    assert "| siddm | 0.5 (0.14) | 0.25 (1.21) |" in table
+    assert "metric: unnamed in the summary" in table and "source: Xu et al. 2023" in table
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just a list\n")
+    with pytest.raises(SystemExit, match="'values' mapping"):
+        main([str(sweep), "--rows", "method", "--paper", str(bad)])
+    with pytest.raises(SystemExit, match="one metric with --cols"):
+        main([str(sweep), "--rows", "method", "--cols", "diffusion.steps", "--metric", "fd_2d,nfe"])
+
+
+def test_scatter_side_by_side_of_toy_jobs(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, (method, seed) in enumerate([("siddm", 0), ("siddm", 1), ("ddgan", 0)]):
+        job = _job(tmp_path, str(i), [f"+method={method}", f"seed={seed}"], {"nfe": 4, "fd_2d": 1.0 + i,
+                                                                                "sample_seconds": 0.1})
+        np.savez(job / "samples.npz", samples=rng.normal(size=(50, 2)))
+    assert main([str(tmp_path), "--rows", "method", "--scatter"]) == 0
+    png = tmp_path / "samples_side_by_side.png"
+    assert png.is_file()
+    from PIL import Image
+
+    w, h = Image.open(png).size
+    assert w == 2 * h  # one panel per method (seed 0 of each), 4 x 4 inches each
+
+
+def test_scatter_skips_image_samples(tmp_path, capsys):
+    job = _job(tmp_path, "0", ["seed=0"], {"nfe": 4, "fd": 1.0})
+    np.savez(job / "samples.npz", samples=np.zeros((4, 1, 8, 8)))
+    assert main([str(tmp_path), "--scatter"]) == 0
+    assert "needs jobs with 2-D samples" in capsys.readouterr().err
+    assert not (tmp_path / "samples_side_by_side.png").exists()

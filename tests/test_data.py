@@ -942,3 +942,25 @@ def test_image_datamodule_save_samples_and_evaluate(tmp_path, channels):
     assert set(m) == {"sample_mean", "sample_std", "frac_out_of_range"}
     assert m["sample_mean"] == pytest.approx(0.0, abs=1e-6)
     assert m["frac_out_of_range"] == pytest.approx(float(((s < -1) | (s > 1)).float().mean()))
+
+
+def test_toy_normalize_trains_on_unit_scale_and_evaluates_in_data_units(tmp_path):
+    grid = GaussianGrid(n=5, spacing=5.0, offset=0.0, std=1 / 3, clamp=1.0)  # the SIDDM authors' grid
+    raw = ToyDataModule(grid, n_train=20000, n_val=64, n_eval=4000, batch_size=64)
+    norm = ToyDataModule(grid, n_train=20000, n_val=64, n_eval=4000, batch_size=64, normalize=True)
+    raw.setup(), norm.setup()
+    x_raw, x_norm = raw.train_set.data, norm.train_set.data
+    # same points, affinely mapped: zero mean, unit mean variance (one scalar scale keeps the grid square)
+    assert torch.allclose(x_norm.mean(0), torch.zeros(2), atol=1e-5)
+    assert float(x_norm.var(0).mean()) == pytest.approx(1.0, rel=1e-3)
+    assert torch.allclose(norm.to_data_space(x_norm), x_raw, atol=1e-4)
+    assert float(norm.scale) == pytest.approx(float(x_raw.std(0).pow(2).mean().sqrt()), rel=1e-6)
+    assert torch.equal(raw.reference, norm.reference)  # metrics compare in the grid's own units
+    # evaluating model-space samples of the data itself gives the data's own metrics
+    m = norm.evaluate(norm.to_model_space(grid.sample(4000, torch.Generator().manual_seed(3))))
+    assert m["modes_covered"] == 25 and m["fd_2d"] < 0.5  # sampling noise of 4000 points, variance ~50
+    # raw samples read as model-space points land far off the grid
+    assert norm.evaluate(grid.sample(4000, torch.Generator().manual_seed(3)))["fd_2d"] > 10
+    norm.save_samples(x_norm[:100], tmp_path, stem="s")
+    assert np.allclose(np.load(tmp_path / "s.npz")["samples"], x_raw[:100].numpy(), atol=1e-4)
+    assert torch.equal(raw.to_data_space(x_raw), x_raw)  # the identity without normalize

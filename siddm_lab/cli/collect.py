@@ -69,8 +69,9 @@ def _sort_key(v):
     return (0, n, "") if isinstance(n, float) else (1, 0.0, str(v))
 
 
-def pivot(rows: list[dict], row_key: str, col_key: str, metric: str) -> str:
-    """Markdown table of mean ± std (over repeated cells, e.g. seeds) of ``metric``."""
+def pivot(rows: list[dict], row_key: str, col_key: str, metric: str, paper: dict | None = None) -> str:
+    """Markdown table of mean ± std (over repeated cells, e.g. seeds) of ``metric``; with ``paper``
+    ({row: {col: value}}) each cell reads ``ours (paper)``."""
     cells = defaultdict(list)
     for r in rows:
         if metric in r and row_key in r and col_key in r:
@@ -81,30 +82,66 @@ def pivot(rows: list[dict], row_key: str, col_key: str, metric: str) -> str:
     for r in rs:
         vals = []
         for c in cs:
-            v = cells.get((r, c))
-            if not v:
-                vals.append("—")
-            elif len(v) == 1:
-                vals.append(f"{v[0]:.4g}")
-            else:
-                vals.append(f"{statistics.mean(v):.4g} ± {statistics.stdev(v):.2g}")
+            cell = _cell(cells.get((r, c), []))
+            if paper:
+                cell += f" ({_fmt_paper(_lookup(_lookup(paper, r) or {}, c))})"
+            vals.append(cell)
         lines.append(f"| {r} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
 
-def listing(rows: list[dict], row_key: str, metric: str) -> str:
-    """Markdown table with one line per value of ``row_key``: NFE and mean ± std of ``metric``."""
+def _cell(vals: list[float]) -> str:
+    if not vals:
+        return "—"
+    return f"{vals[0]:.4g}" if len(vals) == 1 else f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}"
+
+
+def listing(rows: list[dict], row_key: str, metric: str | list[str], paper: dict | None = None) -> str:
+    """Markdown table with one line per value of ``row_key``: NFE, then mean ± std (over repeats,
+    e.g. seeds) of each metric; ``paper`` ({row: value}) adds a column with the published number."""
+    metrics = [metric] if isinstance(metric, str) else list(metric)
     groups = defaultdict(list)
     for r in rows:
-        if metric in r and row_key in r:
+        if row_key in r and any(m in r for m in metrics):
             groups[str(r[row_key])].append(r)
-    lines = [f"| {row_key} | NFE | {metric} |", "|---|---|---|"]
+    head = [row_key, "NFE", *metrics] + (["paper"] if paper else [])
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for key in sorted(groups, key=_sort_key):
-        vals = [float(r[metric]) for r in groups[key]]
         nfe = sorted({str(r.get("nfe", "")) for r in groups[key]})
-        cell = f"{vals[0]:.4g}" if len(vals) == 1 else f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}"
-        lines.append(f"| {key} | {', '.join(nfe)} | {cell} |")
+        cells = [_cell([float(r[m]) for r in groups[key] if m in r]) for m in metrics]
+        if paper:
+            cells.append(_fmt_paper(_lookup(paper, key)))
+        lines.append(f"| {key} | {', '.join(nfe)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _lookup(table: dict, key: str):
+    """A paper value by row (or column) label, matching numbers loosely (4 == 4.0)."""
+    if not isinstance(table, dict):
+        return None
+    for k, v in table.items():
+        if str(k) == key or (_num(k) == _num(key) and isinstance(_num(key), float)):
+            return v
+    return None
+
+
+def _fmt_paper(v) -> str:
+    return "—" if v is None else (f"{v:.4g}" if isinstance(v, (int, float)) else str(v))
+
+
+def load_paper(path) -> dict:
+    """Published numbers to print beside ours: a YAML file with ``metric`` (what the paper reports),
+    optional ``source`` / ``note``, and ``values``: {row: {col: number}} for pivots or {row: number}
+    for listings. Row/column labels are the swept values (e.g. ``siddm`` and ``4``)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SystemExit(f"error: cannot read the paper numbers {path}: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("values"), dict):
+        raise SystemExit(f"error: {path} must be a mapping with a 'values' mapping (row -> number or row -> col -> "
+                         f"number)")
+    return data
 
 
 def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, title: str = "") -> Path | None:
@@ -137,12 +174,61 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
     return path
 
 
+def _toy_reference(job: Path):
+    """(reference points, centres) of a toy job's dataset, rebuilt from its resolved config.yaml."""
+    try:
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        dm = instantiate(OmegaConf.load(job / "config.yaml").dataset)
+        centers = getattr(dm.distribution, "centers", None)
+        return dm.reference.numpy(), None if centers is None else centers.numpy()
+    except Exception:  # noqa: BLE001 - the plot is still useful without the data layer
+        return None, None
+
+
+def plot_scatter(rows: list[dict], sweep_dir: Path, keys: list[str], path: Path,
+                 metrics=("modes_covered", "fd_2d")) -> Path | None:
+    """Side-by-side scatter plots of 2-D samples: one panel per value of ``keys`` (the first job of each
+    group, e.g. seed 0), titled with the values, NFE, sampling time and ``metrics``."""
+    import numpy as np
+
+    from siddm_lab.utils import plotting
+
+    groups: dict[tuple, dict] = {}
+    for r in sorted(rows, key=lambda r: _sort_key(r.get("seed", 0))):
+        groups.setdefault(tuple(str(r.get(k, "")) for k in keys), r)
+    panels, reference = [], None
+    for label in sorted(groups, key=lambda t: tuple(_sort_key(v) for v in t)):
+        r = groups[label]
+        job = sweep_dir / r["job"]
+        if not (job / "samples.npz").is_file():
+            continue
+        x = np.load(job / "samples.npz")["samples"]
+        if x.ndim != 2 or x.shape[1] != 2:
+            return None
+        if reference is None:
+            reference, _ = _toy_reference(job)
+        stats = [f"{m}={_num(r[m]):.3g}" for m in metrics if m in r and isinstance(_num(r[m]), float)]
+        if "sample_seconds" in r:
+            stats.append(f"{float(r['sample_seconds']):.2g}s")
+        title = " ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, label))
+        panels.append((f"{title} NFE={r.get('nfe', '?')}\n" + " ".join(stats), x))
+    if not panels:
+        return None
+    return plotting.side_by_side(panels, path, reference=reference)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep_dir")
     ap.add_argument("--rows", help="config key for table rows (e.g. sampler.eta)")
     ap.add_argument("--cols", help="config key for table columns (e.g. sampler.steps); without it one line per row")
-    ap.add_argument("--metric", default="fd_2d", help="metric in the table and the plot")
+    ap.add_argument("--metric", default="fd_2d", help="metric in the table and the plot; with --rows and no --cols "
+                    "a comma-separated list gives one column per metric")
+    ap.add_argument("--paper", help="YAML file of published numbers to print beside ours (see load_paper)")
+    ap.add_argument("--scatter", action="store_true", help="side-by-side scatter plots of 2-D samples, one per "
+                    "--rows (x --cols) value")
     ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot")
     ap.add_argument("--out", help="output folder (default: the sweep folder)")
     args = ap.parse_args(argv)
@@ -158,13 +244,31 @@ def main(argv=None):
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    if args.cols and len(metrics) != 1:
+        raise SystemExit("error: --metric takes one metric with --cols (a pivot table); got " + args.metric)
+    paper = load_paper(args.paper) if args.paper else None
+    written = [out / "results.csv"]
     if args.rows:
-        table = pivot(rows, args.rows, args.cols, args.metric) if args.cols else listing(rows, args.rows, args.metric)
-        (out / "table.md").write_text(f"{args.metric}\n\n{table}")
-        print(table)
-    png = plot_vs_nfe(rows, args.metric, args.group, out / f"{args.metric}_vs_nfe.png")
-    print(f"{len(rows)} jobs, {len(problems)} incomplete; wrote {out / 'results.csv'}"
-          + (f", {png}" if png else ""))
+        values = paper["values"] if paper else None
+        table = (pivot(rows, args.rows, args.cols, metrics[0], values) if args.cols
+                 else listing(rows, args.rows, metrics, values))
+        head = ", ".join(metrics) + (" — ours (paper)" if paper and args.cols else "")
+        notes = "".join(f"\n{k}: {paper[k]}" for k in ("metric", "source", "note") if paper and paper.get(k))
+        (out / "table.md").write_text(f"{head}\n\n{table}{notes}\n")
+        print(table + notes)
+        written.append(out / "table.md")
+    png = plot_vs_nfe(rows, metrics[0], args.group, out / f"{metrics[0]}_vs_nfe.png")
+    if png:
+        written.append(png)
+    if args.scatter:
+        keys = [k for k in (args.rows, args.cols) if k]
+        sc = plot_scatter(rows, Path(args.sweep_dir), keys or ["job"], out / "samples_side_by_side.png")
+        if sc is None:
+            print("warning: --scatter needs jobs with 2-D samples.npz", file=sys.stderr)
+        else:
+            written.append(sc)
+    print(f"{len(rows)} jobs, {len(problems)} incomplete; wrote " + ", ".join(str(p) for p in written))
     return 1 if problems else 0
 
 
