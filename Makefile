@@ -18,8 +18,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+DEMO_DIR ?= runs/demo_comparison
+
+# The comparison: DDPM with 1000 steps vs SIDDM with 4 generator steps on 25-Gaussians (CPU, a few
+# minutes); then one table (metrics, NFE, sampling and training time) and side-by-side scatter plots.
 demo: setup
-	$(PY) -m siddm_lab.train experiment=demo trainer.enable_progress_bar=false
+	rm -rf $(DEMO_DIR)
+	$(PY) -m siddm_lab.train experiment=demo trainer.enable_progress_bar=false hydra.run.dir=$(DEMO_DIR)/ddpm_T1000
+	$(PY) -m siddm_lab.train experiment=demo_siddm trainer.enable_progress_bar=false hydra.run.dir=$(DEMO_DIR)/siddm_T4
+	$(PY) -m siddm_lab.collect $(DEMO_DIR) --rows experiment --scatter \
+		--metric modes_covered,hq_ratio,fd_2d,mmd_poly2,sample_seconds,train_seconds
 
 test: setup
 	SIDDM_DATA_DIR=$(SHARED_DATA) $(PY) -m pytest -m "not slow" -q
@@ -33,6 +41,10 @@ test-all: setup
 bench: setup
 	SIDDM_DATA_DIR=$(SHARED_DATA) $(PY) bench/train_step.py
 	$(PY) bench/sample_ddim.py
+	$(PY) bench/train_siddm.py
+	test -f $(DEMO_DIR)/siddm_T4/checkpoints/last.ckpt || $(MAKE) demo
+	$(PY) bench/sample_quality.py --ddpm $(DEMO_DIR)/ddpm_T1000/checkpoints/last.ckpt \
+		--gan $(DEMO_DIR)/siddm_T4/checkpoints/last.ckpt
 
 lint: setup
 	$(VENV)/bin/ruff check siddm_lab tests bench

@@ -7,10 +7,26 @@ the end of training and saved as the checkpoint's ``state_dict`` (the raw weight
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.callbacks import WeightAveraging
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from siddm_lab.errors import ConfigError
+
+
+class _FusedEMA:
+    """The fused multi-tensor EMA update of ``torch.optim.swa_utils.get_ema_multi_avg_fn``, as a
+    picklable object (spawned DDP processes pickle the callbacks)."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    @torch.no_grad()
+    def __call__(self, ema_param_list, current_param_list, _num_averaged=None):
+        if torch.is_floating_point(ema_param_list[0]) or torch.is_complex(ema_param_list[0]):
+            torch._foreach_lerp_(ema_param_list, current_param_list, 1 - self.decay)
+        else:
+            for p_ema, p_model in zip(ema_param_list, current_param_list):
+                p_ema.copy_(p_ema * self.decay + p_model * (1 - self.decay))
 
 
 class EMA(WeightAveraging):
@@ -28,7 +44,7 @@ class EMA(WeightAveraging):
         if update_every_n_steps < 1 or start_step < 0:
             raise ConfigError("callbacks.ema.update_every_n_steps must be >= 1 and start_step >= 0")
         # Buffers (the diffusion constants) are not averaged: they never change.
-        super().__init__(use_buffers=False, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        super().__init__(use_buffers=False, multi_avg_fn=_FusedEMA(decay))
         self.decay = decay
         self.update_every_n_steps = update_every_n_steps
         self.start_step = start_step

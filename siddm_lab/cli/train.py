@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from siddm_lab.cli.common import (
@@ -71,11 +72,53 @@ def resolve_ckpt_path(ckpt_path, ckpt_dir: Path):
     return str(ckpt_path)
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def build_trainer(cfg: DictConfig, callbacks, loggers, model=None) -> L.Trainer:
+    """The Trainer of ``cfg.trainer``, with two DDP adjustments:
+
+    - a model that updates its nets in separate steps (SIDDM/DDGAN: the D step does not touch G and
+      the G step does not update D) sets ``ddp_find_unused_parameters``; DDP wraps the whole
+      module, so it must then look for the parameters each step leaves out;
+    - inside a local Hydra multirun, a DDP strategy that would start its ranks by re-running the
+      command (which re-runs the whole sweep: Lightning #11300, Hydra #2070) gets spawned processes
+      instead: one output dir per job, and a failing rank fails the job. Processes started by SLURM
+      or torchrun are used as they are.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    strategy = trainer.strategy
+    if not isinstance(strategy, DDPStrategy):
+        return trainer
+    kwargs = {"process_group_backend": strategy._process_group_backend, "start_method": strategy._start_method,
+              **strategy._ddp_kwargs}
+    changed = False
+    if getattr(model, "ddp_find_unused_parameters", False) and not kwargs.get("find_unused_parameters"):
+        kwargs["find_unused_parameters"] = True
+        changed = True
+    if _in_multirun() and type(strategy.launcher).__name__ == "_SubprocessScriptLauncher":
+        log.warning("trainer.strategy=ddp inside a local multirun would re-run the sweep in every rank: "
+                    "this job runs its %d processes with start_method=spawn instead "
+                    "(on a cluster use hydra/launcher=submitit_slurm, one task per device)", trainer.num_devices)
+        kwargs["start_method"] = "spawn"
+        changed = True
+    if changed:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, strategy=DDPStrategy(**kwargs))
+    return trainer
+
+
 def train(cfg: DictConfig) -> dict:
     validate(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
-    write_resolved_config(cfg, out_dir)
+    if rank_zero_only.rank == 0:  # DDP ranks started by re-running the command share the folder
+        write_resolved_config(cfg, out_dir)
 
     datamodule = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
@@ -83,8 +126,7 @@ def train(cfg: DictConfig) -> dict:
     model.output_dir = out_dir
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
-                                     logger=loggers)
+    trainer = build_trainer(cfg, build_callbacks(cfg, has_logger=bool(loggers)), loggers, model)
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir / "checkpoints")
 
@@ -95,7 +137,8 @@ def train(cfg: DictConfig) -> dict:
         log.warning("training was interrupted at step %d; checkpoints are in %s", trainer.global_step,
                     out_dir / "checkpoints")
 
-    metrics = {"train_seconds": train_seconds, "global_step": trainer.global_step}
+    steps = trainer.global_step or int(trainer.callback_metrics.get("trainer/global_step", 0))
+    metrics = {"train_seconds": train_seconds, "global_step": steps}
     for k, v in trainer.callback_metrics.items():
         if k.startswith("val/") or k.startswith("train/"):
             metrics[k] = float(v)

@@ -84,6 +84,10 @@ class DiffusionModule(L.LightningModule):
         if self.data_shape is not None:
             checkpoint["data_shape"] = list(self.data_shape)
 
+    def on_train_end(self) -> None:
+        # Spawned DDP processes hand back only weights and callback_metrics: keep the step count there.
+        self.trainer.callback_metrics["trainer/global_step"] = torch.tensor(float(self.global_step))
+
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -144,6 +148,18 @@ class DiffusionModule(L.LightningModule):
             self.train(was_training)
         return torch.cat(out)
 
+    def sample_distributed(self, n: int, seed: int) -> torch.Tensor:
+        """n samples drawn once across all ranks: each rank draws its share with its own seed
+        (seed + rank), and every rank gets the gathered set (rank order, cut to n)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return self.sample(n, generator=torch.Generator().manual_seed(seed))
+        rank = self.trainer.global_rank
+        share = -(-n // world)
+        local = self.sample(share, generator=torch.Generator().manual_seed(seed + rank))
+        gathered = self.all_gather(local.to(self.device))  # [world, share, ...]
+        return gathered.reshape(world * share, *local.shape[1:])[:n].cpu()
+
     # ------------------------------------------------------------------ periodic evaluation
     def on_validation_epoch_start(self) -> None:
         # Runs after the EMA callback swapped the averaged weights in.
@@ -152,12 +168,12 @@ class DiffusionModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "evaluate"):
             return
-        g = torch.Generator().manual_seed(1234)
         t0 = time.perf_counter()
-        samples = self.sample(self.eval_num_samples, generator=g)
-        metrics = {f"val/{k}": float(v) for k, v in dm.evaluate(samples).items()}
-        metrics["val/sample_seconds"] = time.perf_counter() - t0
-        self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
+        samples = self.sample_distributed(self.eval_num_samples, seed=1234)
+        if self.trainer.is_global_zero:
+            metrics = {f"val/{k}": float(v) for k, v in dm.evaluate(samples).items()}
+            metrics["val/sample_seconds"] = time.perf_counter() - t0
+            self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
         if self.trainer.is_global_zero and self.output_dir is not None:
             png = dm.save_samples(samples, Path(self.output_dir) / "samples", stem=f"step_{self.global_step:07d}",
                                   title=f"step {self.global_step}")

@@ -55,6 +55,10 @@ class SIDDM(DiffusionModule):
         grad_clip_g / grad_clip_d: max gradient norm (None = off), applied with ``clip_gradients``.
     """
 
+    # Under DDP (which wraps the whole module) the D step leaves G's parameters out and the G step
+    # D's (toggled off): the trainer is built with find_unused_parameters=True for this model.
+    ddp_find_unused_parameters = True
+
     def __init__(self, generator: nn.Module, discriminator: nn.Module, diffusion, optimizer_g, optimizer_d,
                  lr_scheduler_g=None, lr_scheduler_d=None, mode: str = "siddm", nz: int = 2, z_dist: str = "normal",
                  ablation: dict | None = None, r1_gamma: float = 0.0, lazy_reg: int = 1,
