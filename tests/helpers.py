@@ -53,3 +53,48 @@ def eps_predictor(diffusion, model, clip_x0: float | None = None):
         return diffusion.to_x0_eps("eps", x, t, model(x, t), clip_x0=clip_x0)
 
     return predict
+
+
+def read_wandb_offline_run(run_dir) -> dict:
+    """What an offline W&B run recorded (its ``run-*.wandb`` file, LevelDB-log framed protobuf
+    records): the run's name/group/job_type/tags, config keys, history keys, summary keys and
+    media files."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    run_dir = Path(run_dir)
+    (path,) = run_dir.glob("run-*.wandb")
+    data = path.read_bytes()
+    block, pos, buf, records = 32768, 7, b"", []  # 7-byte ':W&B' header, then 32 KiB blocks
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        if length == 0 and kind == 0:
+            break
+        buf += data[pos:pos + length]
+        pos += length
+        if kind in (1, 4):  # FULL or LAST chunk
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            records.append(rec)
+            buf = b""
+    out = {"run": None, "config": set(), "history": set(), "summary": set(),
+           "media": sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.png"))}
+    for rec in records:
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            out["run"] = {"name": r.display_name, "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags),
+                          "project": r.project}
+            out["config"] |= {i.key for i in r.config.update}
+        elif kind == "config":
+            out["config"] |= {i.key for i in rec.config.update}
+        elif kind == "history":
+            out["history"] |= {i.key or "/".join(i.nested_key) for i in rec.history.item}
+        elif kind == "summary":
+            out["summary"] |= {i.key or "/".join(i.nested_key) for i in rec.summary.update}
+    return out

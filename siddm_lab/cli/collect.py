@@ -231,6 +231,9 @@ def main(argv=None):
                     "--rows (x --cols) value")
     ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot")
     ap.add_argument("--out", help="output folder (default: the sweep folder)")
+    ap.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B (job_type=collect)")
+    ap.add_argument("--wandb-group", help="W&B group (default: the sweep's name, i.e. the folder above the "
+                    "dated sweep folder)")
     args = ap.parse_args(argv)
     rows, problems = collect(args.sweep_dir)
     out = Path(args.out or args.sweep_dir)
@@ -269,6 +272,13 @@ def main(argv=None):
         else:
             written.append(sc)
     print(f"{len(rows)} jobs, {len(problems)} incomplete; wrote " + ", ".join(str(p) for p in written))
+    if args.wandb:
+        from siddm_lab.cli.common import wandb_log_job
+
+        sweep = Path(args.sweep_dir).resolve()
+        wandb_log_job(job_type="collect", group=args.wandb_group or sweep.parent.name, name=f"collect {sweep.name}",
+                      tags=["collect"], config=vars(args), metrics={"jobs": len(rows), "incomplete": len(problems)},
+                      images=[p for p in written if p.suffix == ".png"], out_dir=out, table=rows)
     return 1 if problems else 0
 
 

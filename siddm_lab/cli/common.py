@@ -52,6 +52,61 @@ def _has_wandb_credentials() -> bool:
         return False
 
 
+# Override keys that say where things are, not what is run: left out of W&B names and tags.
+_LOCATION_KEYS = ("paths.", "hydra.", "ckpt", "data_dir", "progress", "device", "trainer.enable_progress_bar",
+                  "experiment")
+
+
+def run_identity(cfg: DictConfig) -> tuple[str, list[str]]:
+    """(name, tags) of a run for W&B: the job's overrides (``model=siddm,diffusion.steps=4``) and one
+    tag per override, plus the experiment; ``task_name`` when nothing was overridden."""
+    overrides: list[str] = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        pass
+    kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(_LOCATION_KEYS)]
+    tags = [o.lstrip("+~")[:64] for o in kept]  # W&B tags are at most 64 characters
+    if cfg.get("task_name"):
+        tags.insert(0, str(cfg.task_name))
+    return (",".join(o.lstrip("+~") for o in kept) or str(cfg.get("task_name") or "run"))[:128], tags
+
+
+def wandb_settings(cfg: DictConfig) -> None:
+    """Offline W&B (WANDB_MODE=offline) when there are no credentials, instead of a login prompt."""
+    if not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
+        log.warning("no W&B credentials found: logging offline (WANDB_MODE=offline); "
+                    "sync later with `wandb sync %s`", cfg.paths.output_dir)
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def wandb_log_job(*, job_type: str, group: str, name: str, tags: list[str], config: dict, metrics: dict,
+                  images: list[Path], out_dir, table: list[dict] | None = None) -> None:
+    """One W&B run for a job that does not train (siddm-sample, siddm-collect): config, numeric
+    metrics, images (sample grids, scatter and metric-vs-NFE plots) and optionally a table; then
+    ``wandb.finish()``. Project/entity from WANDB_PROJECT / WANDB_ENTITY (default project siddm_lab)."""
+    import wandb
+
+    if not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
+        log.warning("no W&B credentials found: logging offline (WANDB_MODE=offline)")
+        os.environ["WANDB_MODE"] = "offline"
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "siddm_lab"), entity=os.environ.get("WANDB_ENTITY"),
+                     group=group, job_type=job_type, name=name, tags=tags, config=config, dir=str(out_dir))
+    try:
+        data = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        data.update({f"{job_type}/{Path(p).stem}": wandb.Image(str(p)) for p in images if Path(p).is_file()})
+        if table:
+            cols = list(dict.fromkeys(k for r in table for k in r))
+            data[f"{job_type}/results"] = wandb.Table(columns=cols, data=[[str(r.get(c, "")) for c in cols]
+                                                                          for r in table])
+        run.log(data)
+    finally:
+        wandb.finish()
+
+
 def build_loggers(cfg: DictConfig):
     from hydra.utils import instantiate
 
@@ -62,11 +117,14 @@ def build_loggers(cfg: DictConfig):
     for sub in lcfg.values():
         if sub is None or "_target_" not in sub:
             continue
-        if "Wandb" in sub["_target_"] and not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
-            log.warning("no W&B credentials found: logging offline (WANDB_MODE=offline); "
-                        "sync later with `wandb sync %s`", cfg.paths.output_dir)
-            os.environ["WANDB_MODE"] = "offline"
-        loggers.append(instantiate(sub))
+        kwargs = {}
+        if "Wandb" in sub["_target_"]:
+            wandb_settings(cfg)
+            name, tags = run_identity(cfg)
+            kwargs = {"name": sub.get("name") or name, "tags": list(sub.get("tags") or []) + tags}
+        loggers.append(instantiate(sub, **kwargs))
+    for logger in loggers:  # the resolved config: W&B run config, CSV hparams.yaml
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return loggers or False
 
 

@@ -19,7 +19,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from siddm_lab.cli.common import CONF_DIR, log, user_errors, write_json, write_resolved_config
+from siddm_lab.cli.common import (
+    CONF_DIR,
+    log,
+    run_identity,
+    user_errors,
+    wandb_log_job,
+    write_json,
+    write_resolved_config,
+)
 from siddm_lab.config import validate
 from siddm_lab.diffusion import ddim_invert, sample_loop, slerp
 from siddm_lab.errors import ConfigError
@@ -88,6 +96,11 @@ def sample(cfg: DictConfig) -> dict:
     else:
         info.update(reconstruct(model, timesteps, dm, cfg, out_dir, title))
     write_json(out_dir / "metrics.json", info)
+    if cfg.get("wandb"):
+        name, tags = run_identity(cfg)
+        wandb_log_job(job_type="sample", group=str(cfg.task_name), name=name, tags=tags,
+                      config={**OmegaConf.to_container(cfg, resolve=True), "checkpoint": info}, metrics=info,
+                      images=sorted(out_dir.glob("*.png")), out_dir=out_dir)
     shown = {k: v for k, v in info.items() if isinstance(v, (int, float)) and k not in ("seed", "T", "train_step")}
     log.info("results: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
     log.info("outputs in %s", out_dir)
