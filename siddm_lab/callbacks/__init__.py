@@ -1,5 +1,6 @@
-"""Lightning callbacks: EMA of the weights."""
+"""Lightning callbacks: EMA of the weights, per-step seeding (exact resume)."""
 
 from siddm_lab.callbacks.ema import EMA
+from siddm_lab.callbacks.seeding import StepSeed
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "StepSeed"]

@@ -6,6 +6,8 @@ Every run writes to its own output dir: ``config.yaml`` (resolved), ``checkpoint
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -15,6 +17,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from siddm_lab.cli.common import (
@@ -113,6 +116,17 @@ def build_trainer(cfg: DictConfig, callbacks, loggers, model=None) -> L.Trainer:
     return trainer
 
 
+def _sigusr1_as_sigterm() -> None:
+    """SIGUSR1 (the usual SLURM pre-emption warning) stops the run like SIGTERM: Lightning writes the
+    on-exception checkpoint and the process exits with 143. Under SLURM with auto-requeue
+    Lightning's own SIGUSR1 handler (checkpoint + requeue) is left in place."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not hasattr(signal, "SIGUSR1") or SLURMEnvironment.detect():
+        return
+    signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+
+
 def train(cfg: DictConfig) -> dict:
     validate(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -131,7 +145,14 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir / "checkpoints")
 
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    _sigusr1_as_sigterm()
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        log.error("stopped by a termination signal at step %d; the checkpoint is %s; continue with "
+                  "ckpt_path=last (same hydra.run.dir)", trainer.global_step,
+                  out_dir / "checkpoints" / "on_exception.ckpt")
+        raise SystemExit(128 + signal.SIGTERM) from None
     train_seconds = time.perf_counter() - t0
     if trainer.interrupted:
         log.warning("training was interrupted at step %d; checkpoints are in %s", trainer.global_step,

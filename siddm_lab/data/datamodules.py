@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from siddm_lab.data.sampling import ResumableBatchSampler, ResumableDataLoader
 from siddm_lab.data.toy import ToyDistribution
 from siddm_lab.errors import ConfigError, DataError
 from siddm_lab.metrics import toy as toy_metrics
@@ -44,7 +45,9 @@ class _BatchedTensor(Dataset):
 
     def __getitems__(self, indices):
         x = self.data[torch.as_tensor(indices)]
-        return self.transform(x) if self.transform is not None else x
+        if self.transform is None:
+            return x
+        return self.transform(x, indices) if getattr(self.transform, "uses_indices", False) else self.transform(x)
 
 
 class _Base(L.LightningDataModule):
@@ -59,6 +62,7 @@ class _Base(L.LightningDataModule):
         self.num_workers = num_workers
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self._shuffle_seed: int | None = None
 
     def _loader(self, ds, batch_size, shuffle):
         return DataLoader(
@@ -71,8 +75,18 @@ class _Base(L.LightningDataModule):
             collate_fn=_as_is,
         )
 
+    def _consumed_batches(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+
     def train_dataloader(self):
-        return self._loader(self.train_set, self.batch_size, True)
+        # The shuffling seed comes from the run's seed (seed_everything ran before): resumable batches.
+        if self._shuffle_seed is None:
+            self._shuffle_seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed=self._shuffle_seed)
+        return ResumableDataLoader(self.train_set, sampler, consumed=self._consumed_batches,
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                   collate_fn=_as_is)
 
     def val_dataloader(self):
         return self._loader(self.val_set, self.eval_batch_size, False)
@@ -176,11 +190,17 @@ def _to_model_space(x: torch.Tensor) -> torch.Tensor:
 
 
 class _FlipToModelSpace:
-    """uint8 [B,C,H,W] -> float in [-1, 1], with random horizontal flips."""
+    """uint8 [B,C,H,W] -> float in [-1, 1], with random horizontal flips. The flips are drawn from
+    the batch's indices (not the global RNG), so a resumed run sees the same flipped batches."""
 
-    def __call__(self, x):
+    uses_indices = True
+
+    def __call__(self, x, indices=None):
         x = _to_model_space(x)
-        flip = torch.rand(x.shape[0]) < 0.5
+        g = None
+        if indices is not None:
+            g = torch.Generator().manual_seed(hash(tuple(int(i) for i in indices)) & (2**63 - 1))
+        flip = torch.rand(x.shape[0], generator=g) < 0.5
         x[flip] = x[flip].flip(-1)
         return x
 

@@ -84,6 +84,10 @@ class DiffusionModule(L.LightningModule):
         if self.data_shape is not None:
             checkpoint["data_shape"] = list(self.data_shape)
 
+    def on_train_start(self) -> None:
+        if self.trainer.is_global_zero:
+            log.info("training started at step %d", self.global_step)
+
     def on_train_end(self) -> None:
         # Spawned DDP processes hand back only weights and callback_metrics: keep the step count there.
         self.trainer.callback_metrics["trainer/global_step"] = torch.tensor(float(self.global_step))
