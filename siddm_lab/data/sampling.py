@@ -10,7 +10,7 @@ epoch iterator skip exactly those batches.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader, Sampler
