@@ -75,8 +75,9 @@ def _image_folder(root, n=12, size=16):
     return root
 
 
-TINY_IMAGES = ["trainer=cpu", "trainer.devices=1", "trainer.max_steps=2", "trainer.val_check_interval=1", "model.eval_num_samples=0",
-               "eval.num_samples=4", "eval.batch_size=4", "dataset.batch_size=2", "dataset.val_size=2",
+TINY_IMAGES = ["trainer=cpu", "trainer.devices=1", "trainer.max_steps=2", "trainer.val_check_interval=1",
+               "model.eval_num_samples=0", "eval.num_samples=4", "eval.batch_size=4", "dataset.batch_size=2",
+               "dataset.val_size=2",
                "dataset.num_workers=0", "dataset.metrics.names=[]", "net.ch=32", "net.num_res_blocks=1",
                "discriminator.ch=8", "logger=csv", "trainer.precision=32-true"]
 
