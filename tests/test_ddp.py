@@ -79,3 +79,16 @@ def test_ddp_rank_failure_fails_the_job(tmp_path):
              "model.optimizer.lr=1e30", "trainer.val_check_interval=8", f"hydra.run.dir={tmp_path}", timeout=300)
     assert r.returncode != 0
     assert "is nan" in (r.stderr + r.stdout).lower() or "non-finite" in (r.stderr + r.stdout).lower()
+
+
+def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
+    """hydra/launcher=local (submitit_local): the cluster launcher's code path on one machine."""
+    sweep = tmp_path / "sweep"
+    r = _cli("-m", "hydra/launcher=local", *TINY, "diffusion.steps=50", "trainer.max_steps=6",
+             "trainer.val_check_interval=6", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["global_step"] == 6
+    assert (sweep / ".submitit").is_dir()  # submitit's job folders (logs, pickled jobs)
