@@ -114,3 +114,14 @@ def test_scatter_skips_image_samples(tmp_path, capsys):
     assert main([str(tmp_path), "--scatter"]) == 0
     assert "needs jobs with 2-D samples" in capsys.readouterr().err
     assert not (tmp_path / "samples_side_by_side.png").exists()
+
+
+def test_ablation_bars_with_paper_numbers(tmp_path):
+    for i, (row, seed, fd) in enumerate([("lambda_0", 0, 9.0), ("lambda_0", 1, 7.0), ("lambda_1", 0, 2.0)]):
+        _job(tmp_path, str(i), [f"+afd_row={row}", f"seed={seed}"], {"nfe": 4, "fd_2d": fd})
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("values: {lambda_0: 77.15, lambda_1: 2.24}\n")
+    assert main([str(tmp_path), "--rows", "afd_row", "--metric", "fd_2d", "--bars", "--paper", str(paper)]) == 0
+    assert (tmp_path / "fd_2d_bars.png").is_file()
+    table = (tmp_path / "table.md").read_text()
+    assert "| lambda_0 | 4 | 8 ± 1.4 | 77.15 |" in table and "| lambda_1 | 4 | 2 | 2.24 |" in table

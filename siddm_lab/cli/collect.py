@@ -174,6 +174,46 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
     return path
 
 
+def plot_bars(rows: list[dict], row_key: str, metric: str, path: Path, paper: dict | None = None,
+              title: str = "") -> Path | None:
+    """Bar chart (ablations): mean ± std of ``metric`` per value of ``row_key``, with the paper's
+    number beside each bar when given ({row: value}, on its own scale: a different dataset)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(list)
+    for r in rows:
+        if metric in r and row_key in r:
+            groups[str(r[row_key])].append(float(r[metric]))
+    if not groups:
+        return None
+    names = sorted(groups, key=_sort_key)
+    means = [statistics.mean(groups[n]) for n in names]
+    stds = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names)), 4), dpi=100)
+    x = list(range(len(names)))
+    ax.bar(x, means, yerr=stds, capsize=3, color="tab:blue", label=f"ours ({metric})")
+    ax.set_ylabel(metric)
+    if paper:
+        vals = [_lookup(paper, n) for n in names]
+        if any(isinstance(v, (int, float)) for v in vals):
+            ax2 = ax.twinx()
+            ax2.plot(x, [v if isinstance(v, (int, float)) else float("nan") for v in vals], "o", color="tab:red",
+                     label="paper")
+            ax2.set_ylabel("paper", color="tab:red")
+            ax2.legend(loc="upper right", fontsize=7)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _toy_reference(job: Path):
     """(reference points, centres) of a toy job's dataset, rebuilt from its resolved config.yaml."""
     try:
@@ -227,6 +267,8 @@ def main(argv=None):
     ap.add_argument("--metric", default="fd_2d", help="metric in the table and the plot; with --rows and no --cols "
                     "a comma-separated list gives one column per metric")
     ap.add_argument("--paper", help="YAML file of published numbers to print beside ours (see load_paper)")
+    ap.add_argument("--bars", action="store_true", help="bar chart of the (first) metric per --rows value, with "
+                    "the paper's numbers when --paper is given (ablations)")
     ap.add_argument("--scatter", action="store_true", help="side-by-side scatter plots of 2-D samples, one per "
                     "--rows (x --cols) value")
     ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot")
@@ -264,6 +306,11 @@ def main(argv=None):
     png = plot_vs_nfe(rows, metrics[0], args.group, out / f"{metrics[0]}_vs_nfe.png")
     if png:
         written.append(png)
+    if args.bars and args.rows:
+        bars = plot_bars(rows, args.rows, metrics[0], out / f"{metrics[0]}_bars.png",
+                         paper["values"] if paper and not args.cols else None)
+        if bars:
+            written.append(bars)
     if args.scatter:
         keys = [k for k in (args.rows, args.cols) if k]
         sc = plot_scatter(rows, Path(args.sweep_dir), keys or ["job"], out / "samples_side_by_side.png")
