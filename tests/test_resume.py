@@ -110,3 +110,19 @@ def test_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path, sig):
                        env=dict(os.environ, WANDB_MODE="offline"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == step + 8
+
+
+class _Payload:
+    """Stands for an arbitrary object pickled into a checkpoint."""
+
+
+@pytest.mark.parametrize("how", ["file", "last"])
+def test_resuming_from_a_checkpoint_with_pickled_objects_is_refused(tmp_path, how):
+    from siddm_lab.errors import CheckpointError
+
+    bad = tmp_path / "checkpoints" / "last.ckpt"
+    bad.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "payload": _Payload()}, bad)
+    ckpt = str(bad) if how == "file" else "last"
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        run_train(BASE + MODELS["ddpm"] + ["trainer.max_steps=4", f"ckpt_path={ckpt}"], tmp_path)

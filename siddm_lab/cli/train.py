@@ -31,6 +31,7 @@ from siddm_lab.cli.common import (
 )
 from siddm_lab.config import validate
 from siddm_lab.errors import CheckpointError
+from siddm_lab.models.loading import load_checkpoint
 
 
 def evaluate_model(model, datamodule, cfg: DictConfig, out_dir: Path) -> dict:
@@ -69,9 +70,13 @@ def resolve_ckpt_path(ckpt_path, ckpt_dir: Path):
         if not existing:
             raise CheckpointError(f"ckpt_path=last but {ckpt_dir} holds no checkpoint; resume a run by "
                                   f"pointing hydra.run.dir at its folder, or give ckpt_path=<file.ckpt>")
+        for candidate in (ckpt_dir / "last.ckpt", ckpt_dir / "on_exception.ckpt"):
+            if candidate.is_file():
+                load_checkpoint(candidate)  # refuses files holding pickled objects, names corrupt ones
         return "last"
     if not Path(ckpt_path).is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path} does not exist (give a .ckpt file, or 'last')")
+    load_checkpoint(ckpt_path)
     return str(ckpt_path)
 
 
@@ -147,7 +152,7 @@ def train(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     _sigusr1_as_sigterm()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         log.error("stopped by a termination signal at step %d; the checkpoint is %s; continue with "
                   "ckpt_path=last (same hydra.run.dir)", trainer.global_step,
