@@ -125,3 +125,18 @@ def test_ablation_bars_with_paper_numbers(tmp_path):
     assert (tmp_path / "fd_2d_bars.png").is_file()
     table = (tmp_path / "table.md").read_text()
     assert "| lambda_0 | 4 | 8 ± 1.4 | 77.15 |" in table and "| lambda_1 | 4 | 2 | 2.24 |" in table
+
+
+def test_scatter_grid_rows_by_cols(tmp_path):
+    rng = np.random.default_rng(1)
+    i = 0
+    for method in ("siddm", "ddgan"):
+        for steps in (2, 4, 8):
+            job = _job(tmp_path, str(i), [f"+method={method}", f"diffusion.steps={steps}"], {"nfe": steps, "fd": 1.0})
+            np.savez(job / "samples.npz", samples=rng.normal(size=(20, 2)))
+            i += 1
+    assert main([str(tmp_path), "--rows", "method", "--cols", "diffusion.steps", "--metric", "fd", "--scatter"]) == 0
+    from PIL import Image
+
+    w, h = Image.open(tmp_path / "samples_side_by_side.png").size
+    assert (w, h) == (1200, 800)  # 2 methods x 3 values of T, 4 inches at 100 dpi each

@@ -256,7 +256,8 @@ def plot_scatter(rows: list[dict], sweep_dir: Path, keys: list[str], path: Path,
         panels.append((f"{title} NFE={r.get('nfe', '?')}\n" + " ".join(stats), x))
     if not panels:
         return None
-    return plotting.side_by_side(panels, path, reference=reference)
+    ncols = len({label[-1] for label in groups}) if len(keys) > 1 else None  # one row per first-key value
+    return plotting.side_by_side(panels, path, reference=reference, ncols=ncols)
 
 
 def main(argv=None):

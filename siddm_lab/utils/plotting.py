@@ -42,10 +42,15 @@ def scatter(x: np.ndarray, path, reference: np.ndarray | None = None, centers: n
 
 
 def side_by_side(panels: list[tuple[str, np.ndarray]], path, reference: np.ndarray | None = None,
-                 max_points: int = 5000):
-    """One scatter panel per (title, points), same axes; used to compare methods."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), dpi=100, squeeze=False)
-    for ax, (title, x) in zip(axes[0], panels):
+                 max_points: int = 5000, ncols: int | None = None):
+    """One scatter panel per (title, points), same axes; used to compare methods. ``ncols`` panels
+    per row (default: all in one row)."""
+    ncols = min(ncols or len(panels), len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4 * nrows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, x) in zip(axes.flat, panels):
         _points(ax, x, reference, max_points)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
