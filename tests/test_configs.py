@@ -40,7 +40,8 @@ def test_schedule_options_instantiate(schedule):
 
 
 TOY = [d for d in options("dataset") if d in ("gaussians25", "gaussians25_siddm", "ring8", "swissroll")]
-IMAGES = {"mnist": "unet_mnist", "digits": "unet_small", "cifar10": "unet_cifar10", "image_folder": "unet_small"}
+IMAGES = {"mnist": "unet_mnist", "digits": "unet_small", "cifar10": "unet_cifar10", "image_folder": "unet_small",
+          "celebahq256": "unet_small", "imagenet64": "unet_small"}
 
 
 def test_dataset_options_are_all_covered():
@@ -60,7 +61,7 @@ def test_toy_datasets_with_mlp(dataset):
 @pytest.mark.parametrize("dataset,net", sorted(IMAGES.items()))
 def test_image_datasets_with_their_unet(dataset, net):
     overrides = [f"dataset={dataset}", f"net={net}"]
-    if dataset == "image_folder":
+    if dataset in ("image_folder", "celebahq256", "imagenet64"):
         overrides.append("dataset.image_size=16")
     cfg = compose_cfg(overrides)
     validate(cfg)
@@ -76,8 +77,9 @@ def test_image_datasets_with_their_unet(dataset, net):
 @pytest.mark.parametrize("option", options("net"))
 def test_every_net_option_builds(option):
     dataset = {"mlp": "gaussians25", "mlp_gen": "gaussians25", "unet_small": "digits", "unet_mnist": "mnist",
-               "unet_gen": "mnist", "unet_cifar10": "cifar10"}[option]
-    model = "siddm" if option.endswith("_gen") else "ddpm"
+               "unet_gen": "mnist", "unet_cifar10": "cifar10", "unet_gen_cifar10": "cifar10",
+               "unet_gen_64": "imagenet64", "unet_gen_256": "celebahq256"}[option]
+    model = "siddm" if "_gen" in option else "ddpm"
     cfg = compose_cfg([f"dataset={dataset}", f"net={option}", f"model={model}"])
     assert sum(p.numel() for p in instantiate(cfg.net).parameters()) > 0
 
@@ -92,7 +94,7 @@ def test_ddpm_cifar10_unet_has_the_papers_size():
 def test_trainer_options(option, tmp_path):
     cfg = compose_cfg([f"trainer={option}"], output_dir=tmp_path)
     assert cfg.trainer._target_.endswith("Trainer")
-    if option != "gpu" or torch.cuda.is_available():
+    if option not in ("gpu", "ddp") or torch.cuda.is_available():
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_steps == cfg.trainer.max_steps
 
@@ -102,11 +104,17 @@ def test_logger_options(option, tmp_path):
     from siddm_lab.cli.common import build_loggers
 
     cfg = compose_cfg([f"logger={option}"], output_dir=tmp_path)
-    loggers = build_loggers(cfg)
-    if option == "none":
-        assert loggers is False
-    else:
-        assert len(loggers) == 1
+    try:
+        loggers = build_loggers(cfg)
+        if option == "none":
+            assert loggers is False
+        else:
+            assert len(loggers) == 1
+    finally:
+        if option == "wandb":  # the resolved config was logged: a run is open
+            import wandb
+
+            wandb.finish()
 
 
 @pytest.mark.parametrize("option", options("callbacks"))
@@ -237,12 +245,13 @@ def test_eval_steps_larger_than_schedule_message():
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_options_instantiate(option):
-    gan = option in ("siddm", "ddgan")
+    gan = option.startswith(("siddm", "ddgan"))
     overrides = [f"model={option}"] + (["net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4"] if gan else [])
     cfg = compose_cfg(overrides)
     validate(cfg)
     model = instantiate(cfg.model)
-    assert type(model).__name__ == {"ddpm": "DDPM", "ddim": "DDIM", "siddm": "SIDDM", "ddgan": "SIDDM"}[option]
+    assert type(model).__name__ == {"ddpm": "DDPM", "ddim": "DDIM", "siddm": "SIDDM", "ddgan": "SIDDM",
+                                    "siddm_image": "SIDDM", "ddgan_image": "SIDDM"}[option]
 
 
 @pytest.mark.parametrize("option", options("ablation"))
@@ -256,6 +265,8 @@ def test_ablation_options(option):
                          + [("afd_row", r) for r in options("afd_row")])
 def test_table_rows_compose(group, row):
     experiment = "siddm_toy" if group == "method" else "siddm_ablation_afd"
+    if row.endswith("_image"):
+        experiment = "table_cifar10_main"
     cfg = compose_cfg([f"experiment={experiment}", f"+{group}={row}"])
     validate(cfg)
     instantiate(cfg.model)
