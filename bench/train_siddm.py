@@ -45,8 +45,10 @@ class _IterTimer(L.Callback):
 
 
 def config(out_dir):
-    return compose_cfg(["experiment=siddm_toy", "+method=siddm", "trainer.enable_progress_bar=false",
-                        "trainer.val_check_interval=100000", "model.eval_num_samples=0", "logger=csv"], out_dir)
+    # R1 off: the bare loop has none (its cost is the double backward, the same in both)
+    return compose_cfg(["experiment=siddm_toy", "+method=siddm", "model.r1_gamma=0",
+                        "trainer.enable_progress_bar=false", "trainer.val_check_interval=100000",
+                        "model.eval_num_samples=0", "logger=csv"], out_dir)
 
 
 def run_siddm(cfg, iters, warmup):
@@ -72,7 +74,9 @@ def run_bare(cfg, iters, warmup):
     abl = model.ablation
     opt_g = instantiate(cfg.model.optimizer_g)(params=G.parameters())
     opt_d = instantiate(cfg.model.optimizer_d)(params=D.parameters())
-    ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.callbacks.ema.decay), use_buffers=False)
+    # siddm_lab's EMA averages the whole module (G and D), as Lightning's WeightAveraging does
+    GD = torch.nn.ModuleList([G, D])
+    ema = AveragedModel(GD, multi_avg_fn=get_ema_multi_avg_fn(cfg.callbacks.ema.decay), use_buffers=False)
     T, nz = diff.num_timesteps, model.nz
     step, t0 = 0, None
     while step < warmup + iters:
@@ -108,7 +112,7 @@ def run_bare(cfg, iters, warmup):
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            ema.update_parameters(G)
+            ema.update_parameters(GD)
             step += 1
     return (time.perf_counter() - t0) / iters
 
