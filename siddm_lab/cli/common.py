@@ -107,6 +107,23 @@ def wandb_log_job(*, job_type: str, group: str, name: str, tags: list[str], conf
         wandb.finish()
 
 
+def adopt_csv_header(loggers) -> None:
+    """Let CSV loggers keep the columns already in their metrics.csv. Lightning's CSV writer rewrites
+    the file with only the keys its own process logged, which fails when another process wrote it
+    first: a resumed run, or the main process after spawned DDP ranks."""
+    import csv
+
+    for logger in loggers or []:
+        if type(logger).__name__ != "CSVLogger":
+            continue
+        writer = logger.experiment
+        path = Path(writer.metrics_file_path)
+        if path.is_file():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
+
+
 def build_loggers(cfg: DictConfig):
     from hydra.utils import instantiate
 
@@ -125,6 +142,7 @@ def build_loggers(cfg: DictConfig):
         loggers.append(instantiate(sub, **kwargs))
     for logger in loggers:  # the resolved config: W&B run config, CSV hparams.yaml
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    adopt_csv_header(loggers)
     return loggers or False
 
 

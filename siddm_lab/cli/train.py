@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from siddm_lab.cli.common import (
     CONF_DIR,
+    adopt_csv_header,
     build_callbacks,
     build_loggers,
     log,
@@ -183,6 +184,7 @@ def train(cfg: DictConfig) -> dict:
 def log_final(trainer: L.Trainer, metrics: dict, png: Path) -> None:
     """Send the final metrics and sample plot to the loggers, then close them (one W&B run per job)."""
     numeric = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    adopt_csv_header(trainer.loggers)  # spawned DDP ranks may have written metrics.csv
     for logger in trainer.loggers:
         logger.log_metrics(numeric, step=trainer.global_step)
         if hasattr(logger, "log_image") and png.is_file():
