@@ -3,7 +3,8 @@
 Both expose what the rest of the framework needs besides dataloaders:
 ``data_shape`` (shape of one sample), ``evaluate(samples) -> dict`` (the data's metrics) and
 ``save_samples(samples, out_dir, stem)`` (``.npz`` + a scatter plot or an image grid).
-Batches are plain tensors in model space: toy points as-is, images scaled to [-1, 1].
+Batches are plain tensors in model space: toy points as drawn (standardised with ``normalize``), images
+scaled to [-1, 1]. Training batches come from ``siddm_lab.data.sampling`` (resumable, sharded over ranks).
 """
 
 from __future__ import annotations
