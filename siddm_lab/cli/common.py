@@ -75,11 +75,11 @@ def run_identity(cfg: DictConfig) -> tuple[str, list[str]]:
     return (",".join(o.lstrip("+~") for o in kept) or str(cfg.get("task_name") or "run"))[:128], tags
 
 
-def wandb_settings(cfg: DictConfig) -> None:
+def wandb_settings(out_dir) -> None:
     """Offline W&B (WANDB_MODE=offline) when there are no credentials, instead of a login prompt."""
     if not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
         log.warning("no W&B credentials found: logging offline (WANDB_MODE=offline); "
-                    "sync later with `wandb sync %s`", cfg.paths.output_dir)
+                    "sync later with `wandb sync %s`", out_dir)
         os.environ["WANDB_MODE"] = "offline"
 
 
@@ -90,9 +90,7 @@ def wandb_log_job(*, job_type: str, group: str, name: str, tags: list[str], conf
     ``wandb.finish()``. Project/entity from WANDB_PROJECT / WANDB_ENTITY (default project siddm_lab)."""
     import wandb
 
-    if not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
-        log.warning("no W&B credentials found: logging offline (WANDB_MODE=offline)")
-        os.environ["WANDB_MODE"] = "offline"
+    wandb_settings(out_dir)
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "siddm_lab"), entity=os.environ.get("WANDB_ENTITY"),
                      group=group, job_type=job_type, name=name, tags=tags, config=config, dir=str(out_dir))
     try:
@@ -136,7 +134,7 @@ def build_loggers(cfg: DictConfig):
             continue
         kwargs = {}
         if "Wandb" in sub["_target_"]:
-            wandb_settings(cfg)
+            wandb_settings(cfg.paths.output_dir)
             name, tags = run_identity(cfg)
             kwargs = {"name": sub.get("name") or name, "tags": list(sub.get("tags") or []) + tags}
         loggers.append(instantiate(sub, **kwargs))

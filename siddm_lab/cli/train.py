@@ -73,11 +73,11 @@ def resolve_ckpt_path(ckpt_path, ckpt_dir: Path):
                                   f"pointing hydra.run.dir at its folder, or give ckpt_path=<file.ckpt>")
         for candidate in (ckpt_dir / "last.ckpt", ckpt_dir / "on_exception.ckpt"):
             if candidate.is_file():
-                load_checkpoint(candidate)  # refuses files holding pickled objects, names corrupt ones
+                load_checkpoint(candidate, mmap=True)  # refuses pickled objects, names corrupt files
         return "last"
     if not Path(ckpt_path).is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path} does not exist (give a .ckpt file, or 'last')")
-    load_checkpoint(ckpt_path)
+    load_checkpoint(ckpt_path, mmap=True)
     return str(ckpt_path)
 
 

@@ -14,14 +14,15 @@ from siddm_lab.errors import CheckpointError
 WEIGHTS = ("ema", "raw")
 
 
-def load_checkpoint(path) -> dict:
-    """``torch.load(weights_only=True)``: a checkpoint holding arbitrary pickled objects is refused."""
+def load_checkpoint(path, mmap: bool = False) -> dict:
+    """``torch.load(weights_only=True)``: a checkpoint holding arbitrary pickled objects is refused.
+    ``mmap=True`` maps the tensors instead of reading them (a cheap check of a file loaded later)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (a .ckpt written by siddm-train, e.g. "
                               f"runs/<task>/<date>/checkpoints/last.ckpt)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"refusing to load {path}: it holds pickled objects other than tensors and plain "
                               f"containers, which could run code ({str(e).splitlines()[0]})") from e
