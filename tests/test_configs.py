@@ -8,7 +8,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
 from siddm_lab.config import validate
-from siddm_lab.diffusion import GaussianDiffusion
+from siddm_lab.diffusion import CosineContinuousTime, GaussianDiffusion
 from siddm_lab.errors import ConfigError
 from tests.conftest import CONF_DIR
 from tests.helpers import compose_cfg
@@ -21,16 +21,21 @@ def options(group: str) -> list[str]:
 def test_every_group_has_options():
     for group in ("model", "dataset", "net", "schedule", "trainer", "logger", "callbacks", "paths",
                   "experiment", "hydra", "sampler", "subsequence", "subsampling", "ablation", "method", "afd_row",
-                  "discriminator"):
+                  "discriminator", "objective"):
         assert options(group), group
 
 
 @pytest.mark.parametrize("schedule", options("schedule"))
 def test_schedule_options_instantiate(schedule):
-    steps = 4 if schedule.startswith("ddgan") else 1000
+    steps = 4 if schedule.startswith("ddgan") or schedule.endswith("continuous") else 1000
     cfg = compose_cfg([f"schedule={schedule}", f"diffusion.steps={steps}"])
     validate(cfg)
     diffusion = instantiate(cfg.schedule)
+    if schedule == "cosine_continuous":
+        assert isinstance(diffusion, CosineContinuousTime) and diffusion.num_timesteps == steps
+        ab = diffusion.alpha_bar(torch.linspace(0, 1, 11))
+        assert torch.all(ab[1:] < ab[:-1]) and float(ab[-1]) == pytest.approx(0.0, abs=1e-12)
+        return
     assert isinstance(diffusion, GaussianDiffusion)
     assert diffusion.num_timesteps == steps
     ab = diffusion.alphas_cumprod
@@ -39,7 +44,8 @@ def test_schedule_options_instantiate(schedule):
         assert float(ab[-1]) == pytest.approx(0.0, abs=1e-12)
 
 
-TOY = [d for d in options("dataset") if d in ("gaussians25", "gaussians25_siddm", "ring8", "swissroll")]
+TOY = [d for d in options("dataset") if d in ("gaussians25", "gaussians25_siddm", "gaussians25_released", "ring8",
+                                             "swissroll")]
 IMAGES = {"mnist": "unet_mnist", "digits": "unet_small", "cifar10": "unet_cifar10", "image_folder": "unet_small",
           "celebahq256": "unet_small", "imagenet64": "unet_small"}
 
@@ -76,10 +82,11 @@ def test_image_datasets_with_their_unet(dataset, net):
 
 @pytest.mark.parametrize("option", options("net"))
 def test_every_net_option_builds(option):
-    dataset = {"mlp": "gaussians25", "mlp_gen": "gaussians25", "unet_small": "digits", "unet_mnist": "mnist",
+    dataset = {"mlp": "gaussians25", "mlp_gen": "gaussians25", "mlp_gen_skip": "gaussians25",
+               "unet_small": "digits", "unet_mnist": "mnist",
                "unet_gen": "mnist", "unet_cifar10": "cifar10", "unet_gen_cifar10": "cifar10",
                "unet_gen_64": "imagenet64", "unet_gen_256": "celebahq256"}[option]
-    model = "siddm" if "_gen" in option else "ddpm"
+    model = ("siddm_released" if option.endswith("skip") else "siddm") if "_gen" in option else "ddpm"
     cfg = compose_cfg([f"dataset={dataset}", f"net={option}", f"model={model}"])
     assert sum(p.numel() for p in instantiate(cfg.net).parameters()) > 0
 
@@ -245,20 +252,31 @@ def test_eval_steps_larger_than_schedule_message():
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_options_instantiate(option):
-    gan = option.startswith(("siddm", "ddgan"))
+    gan = option.startswith(("siddm", "ddgan", "gan"))
     overrides = [f"model={option}"] + (["net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4"] if gan else [])
+    if option == "siddm_released":
+        overrides = ["experiment=siddm_toy_released"]
+    if option == "gan":  # the shared base: it names no objective of its own
+        with pytest.raises(Exception, match="objective"):
+            instantiate(compose_cfg(overrides).model)
+        return
     cfg = compose_cfg(overrides)
     validate(cfg)
     model = instantiate(cfg.model)
-    assert type(model).__name__ == {"ddpm": "DDPM", "ddim": "DDIM", "siddm": "SIDDM", "ddgan": "SIDDM",
-                                    "siddm_image": "SIDDM", "ddgan_image": "SIDDM"}[option]
+    assert type(model).__name__ == {"ddpm": "DDPM", "ddim": "DDIM"}.get(option, "SIDDM")
+    if gan:
+        objective = {"ddgan": "DDGANLoss", "ddgan_image": "DDGANLoss", "siddm_released": "SIDDMReleasedLoss"}
+        assert type(model.objective).__name__ == objective.get(option, "SIDDMLoss")
 
 
 @pytest.mark.parametrize("option", options("ablation"))
 def test_ablation_options(option):
     cfg = compose_cfg(["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", f"ablation={option}"])
-    model = instantiate(cfg.model)
-    assert model.ablation["name"] == option
+    objective = instantiate(cfg.model).objective
+    abl = cfg.ablation
+    assert objective.lambda_afd == abl.lambda_afd and objective.afd_form == abl.afd_form
+    assert objective.uses_entropy == (abl.entropy and abl.lambda_afd > 0)
+    assert objective.uses_disc_reg == abl.disc_reg and objective.adversarial == float(abl.adversarial)
 
 
 @pytest.mark.parametrize("group,row", [("method", m) for m in options("method")]
@@ -267,6 +285,8 @@ def test_table_rows_compose(group, row):
     experiment = "siddm_toy" if group == "method" else "siddm_ablation_afd"
     if row.endswith("_image"):
         experiment = "table_cifar10_main"
+    if "released" in row:
+        experiment = "siddm_toy_released"
     cfg = compose_cfg([f"experiment={experiment}", f"+{group}={row}"])
     validate(cfg)
     instantiate(cfg.model)
@@ -276,6 +296,14 @@ def test_table_rows_compose(group, row):
 def test_discriminator_options(option):
     from siddm_lab.nets import DiscriminatorOutput
 
+    if option == "mlp_released":  # the released toy discriminator: one real/fake head, two logits
+        cfg = compose_cfg(["experiment=siddm_toy_released"])
+        model = instantiate(cfg.model)
+        out = model.discriminator(torch.randn(3, 2), torch.rand(3))
+        assert out.logit.shape == (3, 2) and out.cond is None and out.aux is None
+        with pytest.raises(ValueError, match="no"):
+            model.discriminator(torch.randn(3, 2), torch.rand(3), heads=("logit", "cond"))
+        return
     if option == "mlp":
         overrides, x = ["net=mlp_gen"], torch.randn(3, 2)
     else:

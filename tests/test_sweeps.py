@@ -21,6 +21,7 @@ from tests.test_data import _write_cifar
 # sweep -> (config name, number of jobs)
 SWEEPS = {
     "siddm_toy": ("train", 45),
+    "siddm_toy_released": ("train", 3),
     "siddm_ablation_afd": ("train", 21),
     "table_cifar10_main": ("train", 3),
     "table_cifar10_afd": ("train", 6),
@@ -94,11 +95,11 @@ def test_first_job_of_each_image_table_runs_tiny(experiment, tmp_path):
         data = [f"paths.data_dir={_image_folder(tmp_path / 'data', size=size)}", "dataset.val_size=2"]
     metrics, cfg = run_train([f"experiment={experiment}", *job, *data, *TINY_IMAGES], tmp_path / "run")
     assert metrics["global_step"] == 2
-    assert cfg.model._target_.endswith("SIDDM") and cfg.model.mode == "siddm"
+    assert cfg.model._target_.endswith("SIDDM") and cfg.model.objective._target_.endswith("SIDDMLoss")
     assert (tmp_path / "run" / "samples.npz").is_file()
 
 
-@pytest.mark.parametrize("experiment", ["siddm_toy", "siddm_ablation_afd", "variance_5seeds",
+@pytest.mark.parametrize("experiment", ["siddm_toy", "siddm_toy_released", "siddm_ablation_afd", "variance_5seeds",
                                         "schedule_comparison"])
 def test_first_job_of_each_toy_sweep_runs_tiny(experiment, tmp_path):
     job = expand("train", experiment)[0]

@@ -31,27 +31,81 @@ from siddm_lab.cli.common import (
     write_resolved_config,
 )
 from siddm_lab.config import validate
-from siddm_lab.errors import CheckpointError
+from siddm_lab.errors import CheckpointError, ConfigError
 from siddm_lab.models.loading import load_checkpoint
 
 
-def evaluate_model(model, datamodule, cfg: DictConfig, out_dir: Path) -> dict:
+def _eval_steps(cfg: DictConfig, model) -> list:
+    """The generator step counts K to evaluate (``eval.steps``: null = the model's own, an int or a list;
+    the first is the primary one, whose metrics keep their plain names)."""
+    steps = cfg.eval.get("steps")
+    if steps is None:
+        return [None]
+    steps = [steps] if isinstance(steps, int) else list(steps)
+    if not hasattr(model, "objective"):
+        raise ConfigError("eval.steps (generator step counts) applies to DDGAN/SIDDM models; a DDPM/DDIM model is "
+                          "evaluated with its own sampler (model.sampling) and siddm-sample")
+    return steps
+
+
+def evaluate_model(model, datamodule, cfg: DictConfig, out_dir: Path) -> list[dict]:
     """Sample ``eval.num_samples`` with the (EMA) weights, compute the data's metrics, write
-    metrics.json and the samples."""
+    metrics.json and the samples: one set per model (``seed_<s>/`` per member of an ensemble).
+    Returns one metrics dict per model."""
     T = model.diffusion.num_timesteps
-    sampler, timesteps = model.default_sampler_and_timesteps()
-    g = torch.Generator().manual_seed(int(cfg.eval.seed))
-    t0 = time.perf_counter()
-    samples = model.sample(int(cfg.eval.num_samples), generator=g, sampler=sampler, timesteps=timesteps,
-                           batch_size=int(cfg.eval.batch_size))
-    sample_seconds = time.perf_counter() - t0
-    metrics = dict(datamodule.evaluate(samples))
-    metrics.update(nfe=len(timesteps), sample_seconds=sample_seconds, num_samples=len(samples))
-    title = f"{type(model).__name__} T={T} NFE={len(timesteps)}"
-    if "modes_covered" in metrics:
-        title += f" modes={metrics['modes_covered']} HQ={metrics['hq_ratio']:.2f} FD={metrics['fd_2d']:.3g}"
-    datamodule.save_samples(samples, out_dir, stem="samples", title=title)
-    return metrics
+    results: dict = {}
+    steps_list = _eval_steps(cfg, model)
+    for i, K in enumerate(steps_list):
+        g = torch.Generator().manual_seed(int(cfg.eval.seed))
+        t0 = time.perf_counter()
+        if K is None:
+            sampler, timesteps = model.default_sampler_and_timesteps()
+            samples = model.sample(int(cfg.eval.num_samples), generator=g, sampler=sampler, timesteps=timesteps,
+                                   batch_size=int(cfg.eval.batch_size))
+            nfe = T if timesteps is None else len(timesteps)
+        else:
+            samples = model.sample(int(cfg.eval.num_samples), generator=g, batch_size=int(cfg.eval.batch_size),
+                                   steps=int(K))
+            nfe = int(K)
+        sample_seconds = time.perf_counter() - t0
+        for seed, member_dir, x in model.member_outputs(samples, out_dir):
+            metrics = {k: float(v) for k, v in datamodule.evaluate(x).items()}
+            metrics.update(nfe=nfe, sample_seconds=sample_seconds / (model.members or 1), num_samples=len(x))
+            entry = results.setdefault(seed, {"seed": cfg.seed if seed is None else seed, "dir": member_dir})
+            if i == 0:
+                entry.update(metrics)
+                title = f"{type(model).__name__} T={T} NFE={nfe}" + ("" if seed is None else f" seed={seed}")
+                if "modes_covered" in metrics:
+                    title += f" modes={metrics['modes_covered']} HQ={metrics['hq_ratio']:.2f} FD={metrics['fd_2d']:.3g}"
+                datamodule.save_samples(x, member_dir, stem="samples", title=title)
+            if len(steps_list) > 1:
+                entry.update({f"{k}@{K}": v for k, v in metrics.items() if k not in ("num_samples",)})
+    return list(results.values())
+
+
+def build_model(cfg: DictConfig, datamodule):
+    """The model of ``cfg.model``, initialised after seeding with ``seed``; with ``seeds=[s0, s1, ...]``
+    an ensemble of one model per seed (each initialised after seeding with its own seed, as its single
+    run would be) trained as one module. The datamodule's batches follow the same seeds."""
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        model = instantiate(cfg.model)
+        datamodule.set_seeds(seed=int(cfg.seed))
+        return model
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds} is invalid: expected a list of distinct non-negative integers "
+                          f"(one ensemble member per seed), or null for a single run with `seed`")
+    models = []
+    for s in seeds:
+        L.seed_everything(s, workers=True, verbose=False)
+        models.append(instantiate(cfg.model))
+    if not hasattr(type(models[0]), "stack"):
+        raise ConfigError(f"seeds=[...] trains an ensemble in one process, which {type(models[0]).__name__} does "
+                          f"not support (DDGAN/SIDDM toy models do); sweep the seeds instead: -m seed=0,1,2")
+    datamodule.set_seeds(member_seeds=seeds)
+    return type(models[0]).stack(models, seeds)
 
 
 def resolve_ckpt_path(ckpt_path, ckpt_dir: Path):
@@ -133,6 +187,11 @@ def _sigusr1_as_sigterm() -> None:
     signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
 
 
+# Lightning warns (with a code snippet) that a manually optimised model's checkpoints hold the weights after
+# the step: that is what a resumed run needs, and the GAN models always step that way.
+warnings.filterwarnings("ignore", message=".*Using ModelCheckpoint with manual optimization.*")
+
+
 def train(cfg: DictConfig) -> dict:
     validate(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -141,7 +200,7 @@ def train(cfg: DictConfig) -> dict:
         write_resolved_config(cfg, out_dir)
 
     datamodule = instantiate(cfg.dataset)
-    model = instantiate(cfg.model)
+    model = build_model(cfg, datamodule)
     model.data_shape = tuple(datamodule.data_shape)
     model.output_dir = out_dir
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -166,19 +225,29 @@ def train(cfg: DictConfig) -> dict:
 
     steps = trainer.global_step or int(trainer.callback_metrics.get("trainer/global_step", 0))
     metrics = {"train_seconds": train_seconds, "global_step": steps}
+    if model.members is not None:
+        metrics["ensemble_members"] = model.members
     for k, v in trainer.callback_metrics.items():
-        if k.startswith("val/") or k.startswith("train/"):
+        if (k.startswith("val/") or k.startswith("train/")) and "/seed_" not in k:
             metrics[k] = float(v)
-    if trainer.is_global_zero:
-        metrics.update(evaluate_model(model, datamodule, cfg, out_dir))
-        write_json(out_dir / "metrics.json", metrics)
-        shown = {k: metrics[k] for k in ("modes_covered", "hq_ratio", "mode_kl", "fd_2d", "mmd_poly2",
-                                         "nfe", "sample_seconds", "train_seconds") if k in metrics}
+    if not trainer.is_global_zero:
+        return metrics
+    per_model = [{**metrics, **r} for r in evaluate_model(model, datamodule, cfg, out_dir)]
+    for result in per_model:
+        write_json(Path(result.pop("dir")) / "metrics.json", result)
+        shown = {k: result[k] for k in ("seed", "modes_covered", "hq_ratio", "mode_kl", "fd_2d", "mmd_poly2",
+                                        "nfe", "sample_seconds", "train_seconds") if k in result}
         log.info("results: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in shown.items()))
+    if model.members is None:
         log.info("outputs in %s (metrics.json, samples.png)", out_dir)
-        log_final(trainer, metrics, out_dir / "samples.png")
-    return metrics
+        log_final(trainer, per_model[0], out_dir / "samples.png")
+        return per_model[0]
+    log.info("outputs in %s: one seed_<s>/ folder per ensemble member (metrics.json, samples.png)", out_dir)
+    mean = {k: sum(r[k] for r in per_model) / len(per_model) for k, v in per_model[0].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"}
+    log_final(trainer, mean, out_dir / f"seed_{model.member_seeds[0]}" / "samples.png")
+    return {**mean, "members": per_model}
 
 
 def log_final(trainer: L.Trainer, metrics: dict, png: Path) -> None:

@@ -64,6 +64,13 @@ class _Base(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._shuffle_seed: int | None = None
+        self.member_seeds: list[int] | None = None
+
+    def set_seeds(self, seed: int | None = None, member_seeds: list[int] | None = None) -> None:
+        """The shuffling seed of the training batches: one run's ``seed``, or ``member_seeds`` for an
+        ensemble (batches [E, B, ...], member k's drawn as a single run with its seed draws them)."""
+        self._shuffle_seed = None if seed is None else int(seed)
+        self.member_seeds = None if member_seeds is None else [int(s) for s in member_seeds]
 
     def _loader(self, ds, batch_size, shuffle):
         return DataLoader(
@@ -84,7 +91,8 @@ class _Base(L.LightningDataModule):
         # The shuffling seed comes from the run's seed (seed_everything ran before): resumable batches.
         if self._shuffle_seed is None:
             self._shuffle_seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed=self._shuffle_seed)
+        sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed=self._shuffle_seed,
+                                        member_seeds=self.member_seeds)
         return ResumableDataLoader(self.train_set, sampler, consumed=self._consumed_batches,
                                    num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                                    collate_fn=_as_is)
@@ -162,12 +170,14 @@ class ToyDataModule(_Base):
 
     def evaluate(self, samples: torch.Tensor, strict: bool = False) -> dict[str, float]:
         samples = self.to_data_space(samples.detach().float().cpu())
+        ref = self.reference
+        x, y = samples[: self.mmd_max_points], ref[: self.mmd_max_points]
+        mu, sd = ref.double().mean(), ref.double().std(unbiased=False)  # the released code's scalar standardisation
         out = {
-            "fd_2d": toy_metrics.frechet_distance_2d(samples, self.reference),
-            "mmd_poly2": toy_metrics.mmd(samples[: self.mmd_max_points], self.reference[: self.mmd_max_points],
-                                         kernel="poly", degree=2),
-            "mmd_rbf": toy_metrics.mmd(samples[: self.mmd_max_points], self.reference[: self.mmd_max_points],
-                                       kernel="rbf"),
+            "fd_2d": toy_metrics.frechet_distance_2d(samples, ref),
+            "mmd_poly2": toy_metrics.mmd(x, y, kernel="poly", degree=2),
+            "mmd_poly2_std": toy_metrics.mmd((x.double() - mu) / sd, (y.double() - mu) / sd, kernel="poly", degree=2),
+            "mmd_rbf": toy_metrics.mmd(x, y, kernel="rbf"),
         }
         d = self.distribution
         if d.centers is not None:

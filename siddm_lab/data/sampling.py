@@ -25,11 +25,16 @@ def _rank_world() -> tuple[int, int]:
 class ResumableBatchSampler(Sampler[list[int]]):
     """Batches of indices 0..n-1: a permutation seeded by ``(seed, epoch)`` (or the identity without
     ``shuffle``), split over ranks (rank r takes every world-th index, all ranks get the same count),
-    cut into batches (the last partial batch dropped with ``drop_last``)."""
+    cut into batches (the last partial batch dropped with ``drop_last``).
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True):
+    With ``member_seeds`` (an ensemble trained in one process) every batch is a list of E index
+    lists, member k's drawn exactly as a sampler with ``seed = member_seeds[k]`` draws them."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
+                 member_seeds: list[int] | None = None):
         if batch_size < 1 or n < 1:
             raise ValueError("ResumableBatchSampler needs n >= 1 and batch_size >= 1")
+        self.member_seeds = None if member_seeds is None else [int(s) for s in member_seeds]
         self.n, self.batch_size, self.seed = n, batch_size, int(seed)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch = 0
@@ -50,17 +55,22 @@ class ResumableBatchSampler(Sampler[list[int]]):
         m = self._per_rank()
         return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
 
-    def __iter__(self):
-        rank, world = _rank_world()
+    def _order(self, seed: int, rank: int, world: int) -> torch.Tensor:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        mine = order[rank::world][: self._per_rank()]
+        return order[rank::world][: self._per_rank()]
+
+    def __iter__(self):
+        rank, world = _rank_world()
+        seeds = [self.seed] if self.member_seeds is None else self.member_seeds
+        mine = torch.stack([self._order(s, rank, world) for s in seeds])
         start, self._skip = self._skip, 0
         for b in range(start, len(self)):
-            yield mine[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            batch = mine[:, b * self.batch_size:(b + 1) * self.batch_size]
+            yield batch[0].tolist() if self.member_seeds is None else batch.tolist()
 
 
 class ResumableDataLoader(DataLoader):

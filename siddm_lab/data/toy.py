@@ -33,11 +33,11 @@ class GaussianGrid(ToyDistribution):
       * ``gaussians25``: centres at (-2..2)/sqrt(2) so the data has unit variance, std 0.05
         (the common normalised 25-Gaussians benchmark).
       * ``gaussians25_siddm``: SIDDM's released toy code: centres (5i, 5j), offsets
-        randn/3 clamped to [-1, 1].
+        randn/3 clamped to [-1, 1], the same number of points per mode (``balanced``).
     """
 
     def __init__(self, n: int = 5, spacing: float = 1 / math.sqrt(2), offset: float | None = None,
-                 std: float = 0.05, clamp: float | None = None):
+                 std: float = 0.05, clamp: float | None = None, balanced: bool = False):
         if n < 1 or spacing <= 0 or std <= 0 or (clamp is not None and clamp <= 0):
             raise ConfigError(f"GaussianGrid needs n >= 1, spacing > 0, std > 0, clamp > 0 or None (got n={n}, "
                               f"spacing={spacing}, std={std}, clamp={clamp})")
@@ -47,10 +47,15 @@ class GaussianGrid(ToyDistribution):
         self.centers = torch.cartesian_prod(g, g)
         self.std = float(std)
         self.clamp = clamp
+        self.balanced = bool(balanced)
         self.name = f"gaussians{n * n}"
 
     def sample(self, n, generator=None):
-        idx = torch.randint(0, len(self.centers), (n,), generator=generator)
+        k = len(self.centers)
+        if self.balanced:  # n/K points per mode (the released SIDDM data), in random order
+            idx = torch.arange(k).repeat_interleave(-(-n // k))[torch.randperm(k * -(-n // k), generator=generator)][:n]
+        else:
+            idx = torch.randint(0, k, (n,), generator=generator)
         eps = torch.randn(n, 2, generator=generator) * self.std
         if self.clamp is not None:
             eps = eps.clamp(-self.clamp, self.clamp)

@@ -1,6 +1,18 @@
-"""Pure diffusion math (no Lightning): schedules, forward/posterior, parameterisations, samplers."""
+"""Pure diffusion math (no Lightning): schedules, forward/posterior, parameterisations, samplers,
+training objectives."""
 
+from siddm_lab.diffusion.continuous import CosineContinuousTime
 from siddm_lab.diffusion.gaussian import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, extract
+from siddm_lab.diffusion.losses import (
+    OBJECTIVES,
+    DDGANLoss,
+    DDPMLoss,
+    GANObjective,
+    GANParts,
+    SIDDMLoss,
+    SIDDMReleasedLoss,
+)
+from siddm_lab.diffusion.rng import RandomSource
 from siddm_lab.diffusion.samplers import (
     SAMPLERS,
     AncestralSampler,
@@ -8,6 +20,7 @@ from siddm_lab.diffusion.samplers import (
     build_sampler,
     ddim_invert,
     full_timesteps,
+    sample_generator_chain,
     sample_loop,
     slerp,
     uniform_timesteps,
@@ -16,6 +29,7 @@ from siddm_lab.diffusion.schedules import SCHEDULES, make_betas, rescale_zero_te
 from siddm_lab.diffusion.subsequences import SUBSEQUENCES, make_timesteps
 
 __all__ = [
+    "OBJECTIVES",
     "PREDICTION_TYPES",
     "SCHEDULES",
     "VARIANCE_TYPES",
@@ -23,7 +37,15 @@ __all__ = [
     "SUBSEQUENCES",
     "build_sampler",
     "AncestralSampler",
+    "CosineContinuousTime",
+    "DDGANLoss",
     "DDIMSampler",
+    "DDPMLoss",
+    "GANObjective",
+    "GANParts",
+    "RandomSource",
+    "SIDDMLoss",
+    "SIDDMReleasedLoss",
     "ddim_invert",
     "make_timesteps",
     "slerp",
@@ -32,6 +54,7 @@ __all__ = [
     "full_timesteps",
     "make_betas",
     "rescale_zero_terminal_snr",
+    "sample_generator_chain",
     "sample_loop",
     "uniform_timesteps",
 ]

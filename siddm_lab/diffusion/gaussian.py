@@ -4,7 +4,9 @@ Pure tensor math, no Lightning. All coefficients are precomputed in float64 and 
 input's dtype only at the point of use, so float32 training keeps float64-accurate constants.
 
 Timesteps ``t`` are integer tensors of shape [B] indexing 0..T-1 (see ``schedules``); x has
-shape [B, ...]. ``alphas_cumprod_prev[0] = 1`` stands for the clean data.
+shape [B, ...]. An ensemble of models trained in one process (``siddm_lab.nets.ensemble``) uses
+t of shape [E, B] and x of shape [E, B, ...]: every formula broadcasts over the leading dims of t.
+``alphas_cumprod_prev[0] = 1`` stands for the clean data.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 
 def extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """a[t] reshaped to broadcast against x ([B, 1, 1, ...]) in x's dtype and device."""
+    """a[t] reshaped to broadcast against x (t [B] -> [B, 1, 1, ...]; t [E, B] -> [E, B, 1, ...]) in x's
+    dtype and device."""
     out = a.to(x.device)[t.to(x.device).long()]
-    return out.to(x.dtype).reshape(t.shape[0], *((1,) * (x.dim() - 1)))
+    return out.to(x.dtype).reshape(*t.shape, *((1,) * (x.dim() - t.dim())))
 
 
 class GaussianDiffusion(nn.Module):
@@ -88,6 +91,20 @@ class GaussianDiffusion(nn.Module):
         """t ~ U{0..T-1}, shape [batch]."""
         return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
 
+    # The pair interface of the GAN objectives (``siddm_lab.diffusion.losses``), shared with
+    # ``CosineContinuousTime``: a training pair is (x_{t-1}, x_t) for the index t.
+    def sample_times(self, rng, x0: torch.Tensor) -> torch.Tensor:
+        """t ~ U{0..T-1} for every sample of the batch x0 (one per member of an ensemble)."""
+        return rng.randint(self.num_timesteps, rng.batch_shape(x0), device=x0.device)
+
+    def prev_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The index of the pair's earlier level: t - 1 (-1 is the clean data)."""
+        return t - 1
+
+    def q_step_coefficients(self, t: torch.Tensor, like: torch.Tensor):
+        """(sqrt(1-β_t), sqrt(β_t)) of q(x_t | x_{t-1}), broadcast against ``like``."""
+        return extract(self.sqrt_alphas, t, like), extract(self.sqrt_betas, t, like)
+
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor):
         """Mean and variance of q(x_t | x0)."""
         return extract(self.sqrt_alphas_cumprod, t, x0) * x0, extract(1.0 - self.alphas_cumprod, t, x0)
@@ -134,7 +151,7 @@ class GaussianDiffusion(nn.Module):
         mean, _, log_var = self.q_posterior_mean_variance(x0, x_t, t)
         if noise is None:
             noise = torch.randn_like(x_t)
-        nonzero = (t != 0).to(x_t.dtype).reshape(-1, *((1,) * (x_t.dim() - 1)))
+        nonzero = (t != 0).to(x_t.dtype).reshape(*t.shape, *((1,) * (x_t.dim() - t.dim())))
         return mean + nonzero * (0.5 * log_var).exp() * noise
 
     # ------------------------------------------------------------------ parameterisations

@@ -214,6 +214,44 @@ def slerp(z1: torch.Tensor, z2: torch.Tensor, alpha: float | torch.Tensor) -> to
     return w1 * z1 + w2 * z2
 
 
+@torch.no_grad()
+def sample_generator_chain(predict_x0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], process,
+                           x_T: torch.Tensor, rng, steps: int | None = None) -> torch.Tensor:
+    """A diffusion GAN's sampling chain (DDGAN / SIDDM): at every step the generator predicts x0' from
+    the current state and the posterior q(x_prev | x_t, x0') gives the next one; the last step returns
+    x0' itself.
+
+    * discrete time (``GaussianDiffusion``): t = T-1, ..., 0 over adjacent pairs, so ``steps`` must be
+      T (the generator was trained on those pairs only);
+    * continuous time (``CosineContinuousTime``): K = ``steps`` (default T) steps at t = i/K, with the
+      earlier time (i-1)/K, i = K..1, as the released SIDDM code samples (any K >= 1).
+
+    ``predict_x0(x, t)`` draws its own latent; ``rng`` (``RandomSource``) draws the posterior noise and
+    fixes the sample dims (x_T [N, ...] for one model, [E, N, ...] for an ensemble).
+    """
+    T = process.num_timesteps
+    K = T if steps is None else steps
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ConfigError(f"the number of generator steps must be a positive integer, got {K!r}")
+    lead = rng.batch_shape(x_T)
+    x = x_T
+    if getattr(process, "continuous", False):
+        for i in range(K, 0, -1):
+            t = torch.full(lead, i / K, device=x.device, dtype=x.dtype)
+            x0 = predict_x0(x, t)
+            if i == 1:
+                return x0
+            x = process.q_posterior_sample(x0, x, t, rng.randn_like(x), t_prev=torch.full_like(t, (i - 1) / K))
+    if K != T:
+        raise ConfigError(f"a discrete-time diffusion GAN samples with its T={T} steps (it was trained on adjacent "
+                          f"pairs only), got {K}; use schedule=cosine_continuous for any number of steps")
+    for step in range(T - 1, -1, -1):
+        t = torch.full(lead, step, device=x.device, dtype=torch.long)
+        x0 = predict_x0(x, t)
+        x = x0 if step == 0 else process.q_posterior_sample(x0, x, t, rng.randn_like(x))
+    return x
+
+
 SAMPLERS = ("ddpm", "ddim")
 
 

@@ -77,14 +77,17 @@ class DiffusionModule(L.LightningModule):
         # The resolved run config (plain containers), stored in checkpoints so a checkpoint alone
         # rebuilds its model; set by the train entry point.
         self.run_config: dict | None = None
+        self._train_seconds_offset, self._eval_seconds = 0.0, 0.0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["siddm_train_seconds"] = self.train_seconds()
         if self.run_config is not None:
             checkpoint["siddm_config"] = self.run_config
         if self.data_shape is not None:
             checkpoint["data_shape"] = list(self.data_shape)
 
     def on_train_start(self) -> None:
+        self._fit_t0, self._eval_seconds = time.perf_counter(), 0.0
         if self.trainer.is_global_zero:
             log.info("training started at step %d", self.global_step)
 
@@ -154,15 +157,56 @@ class DiffusionModule(L.LightningModule):
 
     def sample_distributed(self, n: int, seed: int) -> torch.Tensor:
         """n samples drawn once across all ranks: each rank draws its share with its own seed
-        (seed + rank), and every rank gets the gathered set (rank order, cut to n)."""
+        (seed + rank), and every rank gets the gathered set (rank order, cut to n). An ensemble gives
+        [E, n, ...]."""
         world = self.trainer.world_size if self._trainer is not None else 1
         if world == 1:
             return self.sample(n, generator=torch.Generator().manual_seed(seed))
         rank = self.trainer.global_rank
         share = -(-n // world)
         local = self.sample(share, generator=torch.Generator().manual_seed(seed + rank))
-        gathered = self.all_gather(local.to(self.device))  # [world, share, ...]
+        gathered = self.all_gather(local.to(self.device))  # [world, (E,) share, ...]
+        if self.members is not None:
+            gathered = gathered.transpose(0, 1)  # [E, world, share, ...]
+            return gathered.reshape(self.members, world * share, *local.shape[2:])[:, :n].cpu()
         return gathered.reshape(world * share, *local.shape[1:])[:n].cpu()
+
+    # ------------------------------------------------------------------ ensembles (see models.siddm)
+    @property
+    def members(self) -> int | None:
+        """E for an ensemble of E models trained as one module, None for a single model."""
+        return None
+
+    def member_outputs(self, samples: torch.Tensor, out_dir: Path | None):
+        """(seed or None, output folder, samples) per model: the run folder for a single model,
+        ``seed_<s>/`` inside it for each member of an ensemble."""
+        if self.members is None:
+            return [(None, out_dir, samples)]
+        return [(s, None if out_dir is None else Path(out_dir) / f"seed_{s}", samples[k])
+                for k, s in enumerate(self.member_seeds)]
+
+    # ------------------------------------------------------------------ iterations and time
+    @staticmethod
+    def step_uncounted(opt) -> None:
+        """``opt.step()`` without advancing ``global_step``: Lightning counts every optimizer step of
+        manual optimisation, so a model that steps two optimizers per batch (a GAN) counts only the
+        second and ``global_step`` is the number of iterations (Lightning issue 17958)."""
+        before, after = opt._on_before_step, opt._on_after_step
+        opt._on_before_step = opt._on_after_step = lambda: None
+        try:
+            opt.step()
+        finally:
+            opt._on_before_step, opt._on_after_step = before, after
+
+    def train_seconds(self) -> float:
+        """Training wall time so far, periodic evaluations excluded (carried across a resume)."""
+        start = getattr(self, "_fit_t0", None)
+        if start is None:
+            return self._train_seconds_offset
+        return self._train_seconds_offset + time.perf_counter() - start - self._eval_seconds
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._train_seconds_offset = float(checkpoint.get("siddm_train_seconds", 0.0))
 
     # ------------------------------------------------------------------ periodic evaluation
     def on_validation_epoch_start(self) -> None:
@@ -173,14 +217,41 @@ class DiffusionModule(L.LightningModule):
         if dm is None or not hasattr(dm, "evaluate"):
             return
         t0 = time.perf_counter()
+        train_seconds = self.train_seconds()
         samples = self.sample_distributed(self.eval_num_samples, seed=1234)
         if self.trainer.is_global_zero:
-            metrics = {f"val/{k}": float(v) for k, v in dm.evaluate(samples).items()}
-            metrics["val/sample_seconds"] = time.perf_counter() - t0
-            self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
-        if self.trainer.is_global_zero and self.output_dir is not None:
-            png = dm.save_samples(samples, Path(self.output_dir) / "samples", stem=f"step_{self.global_step:07d}",
-                                  title=f"step {self.global_step}")
-            for logger in self.loggers:
-                if hasattr(logger, "log_image"):  # W&B: the scatter plot / image grid
-                    logger.log_image(key="val/samples", images=[str(png)], step=self.global_step)
+            sample_seconds = time.perf_counter() - t0
+            per_member = []
+            for seed, out_dir, x in self.member_outputs(samples, self.output_dir):
+                metrics = {k: float(v) for k, v in dm.evaluate(x).items()}
+                per_member.append((seed, out_dir, metrics))
+                if out_dir is not None:
+                    append_history(out_dir, {"iteration": int(self.global_step), "train_seconds": train_seconds,
+                                             "sample_seconds": sample_seconds, **metrics})
+            logged = {f"val/{k}": sum(m[k] for _, _, m in per_member) / len(per_member) for k in per_member[0][2]}
+            if self.members is not None:
+                logged.update({f"val/seed_{s}/{k}": v for s, _, m in per_member for k, v in m.items()})
+            logged["val/sample_seconds"] = sample_seconds
+            logged["val/train_seconds"] = train_seconds
+            self.log_dict(logged, on_epoch=True, sync_dist=False, rank_zero_only=True)
+            for seed, out_dir, x in self.member_outputs(samples, self.output_dir):
+                if out_dir is None:
+                    continue
+                title = f"iteration {self.global_step}" + ("" if seed is None else f", seed {seed}")
+                png = dm.save_samples(x, Path(out_dir) / "samples", stem=f"step_{self.global_step:07d}", title=title)
+                for logger in self.loggers:
+                    if hasattr(logger, "log_image") and (seed is None or seed == self.member_seeds[0]):
+                        logger.log_image(key="val/samples", images=[str(png)], step=self.global_step)
+        self._eval_seconds += time.perf_counter() - t0
+
+
+def append_history(out_dir, row: dict) -> Path:
+    """One line of ``history.jsonl``: the metrics of a periodic evaluation with the iteration and the
+    training time at which they were taken (``siddm-collect --curves`` draws them)."""
+    import json
+
+    path = Path(out_dir) / "history.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return path

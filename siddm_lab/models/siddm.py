@@ -1,30 +1,19 @@
-"""SIDDM (Xu et al. 2023) and DDGAN (Xiao et al. 2022) as one LightningModule (manual optimisation).
+"""Diffusion GANs (SIDDM, Xu et al. 2023; DDGAN, Xiao et al. 2022) as one LightningModule.
 
-Both train a generator G(x_t, z, t) -> x0' with x'_{t-1} ~ q(x_{t-1} | x_t, x0') and sample with T
-generator steps (x_T ~ N(0, I); predict x0', take a posterior sample; the last step returns x0').
+The module holds a generator G(x_t, t, z) -> x0', a discriminator and an objective
+(``siddm_lab.diffusion.losses``: ``DDGANLoss``, ``SIDDMLoss``, ``SIDDMReleasedLoss``) and only steps
+the optimisers: every training batch is one ITERATION = one discriminator step on the objective's
+``d_terms`` then one generator step on its ``g_terms``. ``global_step`` counts iterations (the D
+step is not counted), so ``trainer.max_steps``, checkpoint and EMA periods and logging are all in
+iterations.
 
-Objective implemented (REFERENCES §4-5), with (x_{t-1}, x_t) = q_sample_pairs(x0, t), t ~ U{0..T-1}:
+The process (``model.diffusion``) is discrete (``GaussianDiffusion``, e.g. DDGAN's VP schedule) or
+continuous in time (``CosineContinuousTime``, the released SIDDM toy code); sampling runs the
+generator chain (``sample_generator_chain``) with T steps, or any K steps in continuous time.
 
-  DDGAN (``mode=ddgan``), joint discriminator D(x_{t-1}, x_t, t):
-    L_D = softplus(-D(x_{t-1}, x_t)) + softplus(D(x'_{t-1}, x_t)) [+ R1 every lazy_reg steps]
-    L_G = softplus(-D(x'_{t-1}, x_t))
-
-  SIDDM (``mode=siddm``), marginal discriminator D(x_{t-1}, t) (it never sees x_t):
-    L_D = softplus(-D(x_{t-1})) + softplus(D(x'_{t-1})) [+ R1]
-          + λ_reg · ||D_aux(x_{t-1}, t) - x0||²                    (discriminator regulariser, real pairs)
-          + λ_AFD · ||x_t - C_ψ(sg[x'_{t-1}], t)||²                 (entropy estimator, if ablation.entropy)
-    L_G = w_adv · softplus(-D(x'_{t-1}))
-          + λ_AFD · AFD_CE(x'_{t-1}, x_t)                           (cross-entropy of q(x_t | x'_{t-1}))
-          - λ_AFD · ||x_t - C_ψ(x'_{t-1}, t)||²                    (entropy, if ablation.entropy)
-    AFD_CE = mean (sqrt(1-β_t) x'_{t-1} [+ sqrt(β_t) ε] - x_t)²  (``afd_form``: released | paper).
-
-The entropy min-max is a reconstruction of the paper's C_ψ game (not verified against its text);
-``ablation.entropy=false`` is the released code's form. Ablations (``conf/ablation``) switch the
-terms: full, no_afd (λ_AFD = 0), no_disc_reg, no_afd_no_reg, afd_only (w_adv = 0), no_entropy.
-
-Steps: every training batch is one iteration = one D step then one G step; Lightning's
-``global_step`` counts optimizer steps, so it advances by 2 per iteration and ``trainer.max_steps``
-is twice the number of iterations (the experiment configs set it so).
+Ensembles: ``SIDDM.stack(models, seeds)`` trains E models that differ only in their seed as one
+module (``siddm_lab.nets.ensemble``): batches are [E, B, ...], each member draws its noise from its
+own generator seeded like the single run, and member k reproduces that run.
 """
 
 from __future__ import annotations
@@ -32,154 +21,167 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from siddm_lab.diffusion import gan_losses as GL
+from siddm_lab.diffusion import GANObjective, GANParts, RandomSource, sample_generator_chain
+from siddm_lab.diffusion.losses import DDGANLoss
 from siddm_lab.errors import ConfigError
 from siddm_lab.models.base import DiffusionModule
+from siddm_lab.nets.ensemble import ensemble_size, member_state_dict, stack_members
 
-MODES = ("siddm", "ddgan")
-DEFAULT_ABLATION = {"lambda_afd": 1.0, "afd_form": "released", "entropy": True, "disc_reg": True,
-                    "lambda_disc_reg": 1.0, "adversarial": True}
+Z_DISTS = ("normal", "uniform")
 
 
 class SIDDM(DiffusionModule):
     """Args:
         generator: ``f(x_t, t, cond=z) -> x0'`` with ``cond_dim == nz``.
-        discriminator: a discriminator module, or a factory ``(joint, cond_head, aux_head) -> module``
-            (a Hydra ``_partial_``, ``conf/discriminator``) that the model calls with what its mode and
-            ablation need: joint for ddgan, the C_ψ head if the entropy term is on, the D_aux head if
-            the regulariser is on (so every parameter takes part in a loss).
-        optimizer_g / optimizer_d: ``params -> Optimizer`` partials (Adam betas (0.5, 0.9) in DDGAN).
+        discriminator: a module, or a factory ``(joint, cond_head, aux_head) -> module`` (a Hydra
+            ``_partial_``, ``conf/discriminator``) called with ``objective.discriminator_heads()``, so
+            the discriminator has exactly the inputs and heads its objective uses.
+        diffusion: ``GaussianDiffusion`` or ``CosineContinuousTime`` (``conf/schedule``).
+        objective: a GAN objective of ``siddm_lab.diffusion.losses`` (``model.objective``).
+        optimizer_g / optimizer_d: ``params -> Optimizer`` partials.
         lr_scheduler_g / lr_scheduler_d: ``optimizer -> LRScheduler`` partials or None (stepped per iteration).
-        mode: siddm | ddgan.  nz: latent size.  z_dist: normal | uniform (the authors' toy code: uniform).
-        ablation: see DEFAULT_ABLATION.  r1_gamma / lazy_reg: R1 weight and period (0 = off).
-        grad_clip_g / grad_clip_d: max gradient norm (None = off), applied with ``clip_gradients``.
+        nz: latent size.  z_dist: ``normal`` (N(0, I)) or ``uniform`` (U[0, 1), the released toy code).
+        grad_clip_g / grad_clip_d: max gradient norm per net (None = off; per member in an ensemble).
     """
 
     # Under DDP (which wraps the whole module) the D step leaves G's parameters out and the G step
-    # D's (toggled off): the trainer is built with find_unused_parameters=True for this model.
+    # D's: the trainer is built with find_unused_parameters=True for this model.
     ddp_find_unused_parameters = True
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, diffusion, optimizer_g, optimizer_d,
-                 lr_scheduler_g=None, lr_scheduler_d=None, mode: str = "siddm", nz: int = 2, z_dist: str = "normal",
-                 ablation: dict | None = None, r1_gamma: float = 0.0, lazy_reg: int = 1,
+    def __init__(self, generator: nn.Module, discriminator, diffusion, objective: GANObjective | None = None,
+                 optimizer_g=None, optimizer_d=None, lr_scheduler_g=None, lr_scheduler_d=None, nz: int = 2, z_dist: str = "normal",
                  grad_clip_g: float | None = None, grad_clip_d: float | None = None, sampling: dict | None = None,
                  eval_num_samples: int = 1000, log_every_n_steps: int = 50):
         super().__init__(diffusion, optimizer_g, lr_scheduler_g, sampling, eval_num_samples, log_every_n_steps)
-        if mode not in MODES:
-            raise ConfigError(f"model.mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
-        if z_dist not in ("normal", "uniform"):
-            raise ConfigError(f"model.z_dist={z_dist!r} is unknown; allowed: normal, uniform")
+        if objective is None:
+            raise ConfigError("model.objective is missing: choose a GAN model (model=siddm | ddgan | siddm_released "
+                              "| siddm_image | ddgan_image), which sets its objective (conf/objective)")
+        if optimizer_g is None or optimizer_d is None:
+            raise ConfigError("model.optimizer_g and model.optimizer_d are required")
+        if not isinstance(objective, GANObjective):
+            raise ConfigError(f"model.objective must be a GAN objective of siddm_lab.diffusion.losses, got "
+                              f"{type(objective).__name__}")
+        if z_dist not in Z_DISTS:
+            raise ConfigError(f"model.z_dist={z_dist!r} is unknown; allowed: {', '.join(Z_DISTS)}")
         if getattr(generator, "cond_dim", nz) != nz:
             raise ConfigError(f"the generator net takes a latent of size {generator.cond_dim} but model.nz={nz}; "
                               f"set net.cond_dim=${{model.nz}}")
-        abl = {**DEFAULT_ABLATION, **(dict(ablation) if ablation else {})}
-        unknown = set(abl) - set(DEFAULT_ABLATION) - {"name"}
-        if unknown:
-            raise ConfigError(f"ablation keys {sorted(unknown)} are unknown; allowed: {', '.join(DEFAULT_ABLATION)}")
-        if abl["lambda_afd"] < 0 or abl["lambda_disc_reg"] < 0:
-            raise ConfigError("ablation.lambda_afd and ablation.lambda_disc_reg must be >= 0")
-        self.mode, self.ablation = mode, abl
         if not isinstance(discriminator, nn.Module):
-            discriminator = discriminator(joint=mode == "ddgan", cond_head=self.uses_entropy,
-                                          aux_head=self.uses_disc_reg)
-        if mode == "ddgan" and not getattr(discriminator, "joint", True):
-            raise ConfigError("model.mode=ddgan needs a joint discriminator (discriminator.joint=true)")
-        if mode == "siddm" and getattr(discriminator, "joint", False):
-            raise ConfigError("model.mode=siddm needs a marginal discriminator (discriminator.joint=false)")
+            discriminator = discriminator(**objective.discriminator_heads())
+        if getattr(discriminator, "joint", objective.joint) != objective.joint:
+            need = "a joint" if objective.joint else "a marginal"
+            raise ConfigError(f"{type(objective).__name__} needs {need} discriminator (discriminator.joint="
+                              f"{str(objective.joint).lower()})")
         self.automatic_optimization = False
-        self.generator = generator
-        self.discriminator = discriminator
+        self.generator, self.discriminator, self.objective = generator, discriminator, objective
         self.optimizer_d_factory = optimizer_d
         self.lr_scheduler_d_factory = lr_scheduler_d
         self.nz, self.z_dist = nz, z_dist
-        self.r1_gamma, self.lazy_reg = float(r1_gamma), max(1, int(lazy_reg))
         self.grad_clip_g, self.grad_clip_d = grad_clip_g, grad_clip_d
-        self._z_generator: torch.Generator | None = None
-        self.sampling["name"] = "ddpm"  # generator sampling = posterior sampling (fixed_small)
-        self.sampling["variance_type"] = "fixed_small"
+        self.rng = RandomSource()  # the global RNG (StepSeed reseeds it every step)
+        self._sample_rng: RandomSource | None = None
+        self.member_seeds: list[int] | None = None
 
-    # ------------------------------------------------------------------ terms in use
-    @property
-    def uses_afd(self) -> bool:
-        return self.mode == "siddm" and self.ablation["lambda_afd"] > 0
+    # ------------------------------------------------------------------ ensembles
+    @classmethod
+    def stack(cls, models: list[SIDDM], seeds: list[int]) -> SIDDM:
+        """E models built alike (one per seed) as one ensemble module (the first model, with its nets
+        replaced by the stacked nets of all)."""
+        if len(models) != len(seeds) or not models:
+            raise ValueError("stack needs one model per seed")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds={list(seeds)} repeats a seed; ensemble members need distinct seeds")
+        first = models[0]
+        first.generator = stack_members([m.generator for m in models])
+        first.discriminator = stack_members([m.discriminator for m in models])
+        first.member_seeds = [int(s) for s in seeds]
+        first.rng = RandomSource([torch.Generator().manual_seed(int(s)) for s in seeds])
+        return first
 
     @property
-    def uses_entropy(self) -> bool:
-        return self.uses_afd and bool(self.ablation["entropy"])
+    def members(self) -> int | None:
+        """E for an ensemble, None for a single model."""
+        return ensemble_size(self.generator)
 
-    @property
-    def uses_disc_reg(self) -> bool:
-        return self.mode == "siddm" and bool(self.ablation["disc_reg"]) and self.ablation["lambda_disc_reg"] > 0
+    def on_fit_start(self) -> None:
+        if self.rng.stacked and self.rng.generators[0].device != self.device:
+            # per-member generators live on the training device (no host round trip per draw)
+            self.rng = RandomSource([torch.Generator(self.device).manual_seed(int(s)) for s in self.member_seeds])
 
     # ------------------------------------------------------------------ pieces
-    def sample_z(self, n: int, like: torch.Tensor) -> torch.Tensor:
-        shape = (n, self.nz)
-        g = self._z_generator
+    @property
+    def mode(self) -> str:
+        """``ddgan`` for a joint discriminator without AFD, else ``siddm`` (for labels)."""
+        return "ddgan" if isinstance(self.objective, DDGANLoss) or self.objective.joint else "siddm"
+
+    def sample_z(self, x: torch.Tensor, rng: RandomSource | None = None) -> torch.Tensor:
+        """One latent per sample of x ([B, nz] or [E, B, nz])."""
+        rng = rng or self._sample_rng or self.rng
+        shape = (*rng.batch_shape(x), self.nz)
         if self.z_dist == "uniform":
-            z = torch.rand(shape, generator=g, device=g.device if g else like.device) * 2 - 1
-        else:
-            z = torch.randn(shape, generator=g, device=g.device if g else like.device)
-        return z.to(like.device, like.dtype)
+            return rng.rand(shape, device=x.device, dtype=x.dtype)
+        return rng.randn(shape, device=x.device, dtype=x.dtype)
 
-    def generate_prev(self, x_t: torch.Tensor, t: torch.Tensor):
-        """(x0', x'_{t-1}) from the generator and the posterior q(x_{t-1} | x_t, x0')."""
-        x0_pred = self.generator(x_t, t, self.sample_z(x_t.shape[0], x_t))
-        return x0_pred, self.diffusion.q_posterior_sample(x0_pred, x_t, t)
-
-    def discriminate(self, x_prev, t, x_t, heads=("logit",)):
-        return self.discriminator(x_prev, t, x_t if self.mode == "ddgan" else None, heads=heads)
+    def parts(self, rng: RandomSource | None = None) -> GANParts:
+        rng = rng or self.rng
+        return GANParts(self.generator, self.discriminator, self.diffusion, lambda x: self.sample_z(x, rng), rng)
 
     def predict_x0_eps(self, x_t, t):
-        x0 = self.generator(x_t, t, self.sample_z(x_t.shape[0], x_t))
+        """(x0', ε') of the generator (latent drawn inside), for the step samplers of a discrete process."""
+        x0 = self.generator(x_t, t, self.sample_z(x_t))
         return x0, self.diffusion.predict_eps_from_x0(x_t, t, x0)
 
+    @property
+    def continuous(self) -> bool:
+        return bool(getattr(self.diffusion, "continuous", False))
+
+    def default_sampler_and_timesteps(self):
+        return None, None
+
     @torch.no_grad()
-    def sample(self, n, generator=None, sampler=None, timesteps=None, batch_size=None, progress=False):
-        # z comes from its own generator, seeded from ``generator``: samples are reproducible.
-        if generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            self._z_generator = torch.Generator(self.device).manual_seed(seed)
+    def sample(self, n, generator=None, sampler=None, timesteps=None, batch_size=None, progress=False,
+               steps: int | None = None) -> torch.Tensor:
+        """n samples: [n, *data_shape], or [E, n, *data_shape] for an ensemble.
+
+        By default the generator chain (T steps; ``steps`` = K in continuous time). A discrete-time
+        single model also takes a step ``sampler`` over ``timesteps`` (e.g. DDIM on the generator's x0').
+        Every member of an ensemble starts from the same x_T and draws the same latents and noise
+        (what the single run with that generator would draw): samples are paired across members.
+        """
+        if self.data_shape is None:
+            raise RuntimeError("data_shape is unknown: attach a datamodule or set model.data_shape")
+        if sampler is not None:
+            if self.continuous or self.members is not None:
+                raise ConfigError("a step sampler (sampler=ddim|ddpm) needs a discrete-time single model; this "
+                                  "one samples with its generator chain (sampler.steps = K generator steps)")
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
+            self._sample_rng = RandomSource.single(torch.Generator(self.device).manual_seed(seed)) if seed else None
+            try:
+                return super().sample(n, generator, sampler, timesteps, batch_size, progress)
+            finally:
+                self._sample_rng = None
+        bs = batch_size or self.sampling["batch_size"]
+        E = self.members
+        was_training = self.training
+        self.eval()
+        out = []
         try:
-            return super().sample(n, generator, sampler, timesteps, batch_size, progress)
+            for i in range(0, n, bs):
+                m = min(bs, n - i)
+                x_T = torch.randn((m, *self.data_shape), generator=generator).to(self.device)
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
+                if E is None:
+                    rng = RandomSource.single(torch.Generator(self.device).manual_seed(seed)) if seed else RandomSource()
+                else:
+                    x_T = x_T.expand(E, *x_T.shape).contiguous()
+                    seeds = [seed if seed is not None else int(torch.randint(0, 2**62, (1,)))] * E
+                    rng = RandomSource([torch.Generator(self.device).manual_seed(s) for s in seeds])
+                x = sample_generator_chain(lambda x, t, rng=rng: self.generator(x, t, self.sample_z(x, rng)),
+                                           self.diffusion, x_T, rng, steps)
+                out.append(x.cpu())
         finally:
-            self._z_generator = None
-
-    # ------------------------------------------------------------------ losses
-    def d_losses(self, x0, x_prev, x_t, t, step: int) -> dict[str, torch.Tensor]:
-        heads = ("logit", "aux") if self.uses_disc_reg else ("logit",)
-        r1 = self.r1_gamma > 0 and step % self.lazy_reg == 0
-        x_real = x_prev.detach().requires_grad_(r1)
-        out_real = self.discriminate(x_real, t, x_t, heads)
-        losses = {"d_real": GL.d_loss_real(out_real.logit)}
-        if r1:
-            losses["r1"] = GL.r1_penalty(out_real.logit, x_real, self.r1_gamma)
-        with torch.no_grad():
-            _, x_prev_fake = self.generate_prev(x_t, t)
-        out_fake = self.discriminate(x_prev_fake, t, x_t, ("logit", "cond") if self.uses_entropy else ("logit",))
-        losses["d_fake"] = GL.d_loss_fake(out_fake.logit)
-        if self.uses_disc_reg:
-            losses["disc_reg"] = self.ablation["lambda_disc_reg"] * GL.disc_reconstruction(out_real.aux, x0)
-        if self.uses_entropy:
-            losses["entropy_c"] = self.ablation["lambda_afd"] * GL.afd_entropy_c(x_t, out_fake.cond)
-        return losses
-
-    def g_losses(self, x_t, t) -> dict[str, torch.Tensor]:
-        _, x_prev_fake = self.generate_prev(x_t, t)
-        heads = ("logit", "cond") if self.uses_entropy else ("logit",)
-        out = self.discriminate(x_prev_fake, t, x_t, heads)
-        losses = {}
-        if self.ablation["adversarial"]:
-            losses["g_adv"] = GL.g_loss_adv(out.logit)
-        if self.uses_afd:
-            lam = self.ablation["lambda_afd"]
-            losses["afd_ce"] = lam * GL.afd_cross_entropy(self.diffusion, x_prev_fake, x_t, t,
-                                                          self.ablation["afd_form"])
-            if self.uses_entropy:
-                losses["afd_entropy"] = lam * GL.afd_entropy_g(x_t, out.cond)
-        if not losses:
-            raise ConfigError("the generator has no loss: enable ablation.adversarial or AFD (mode=siddm, "
-                              "ablation.lambda_afd > 0)")
-        return losses
+            self.train(was_training)
+        return torch.cat(out, dim=0 if E is None else 1)
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
@@ -191,46 +193,75 @@ class SIDDM(DiffusionModule):
                 scheds.append({"scheduler": factory(optimizer=opt), "interval": "step"})
         return [opt_g, opt_d], scheds
 
-    def _step(self, opt, loss, params_clip, name):
+    def _clip(self, opt, net: nn.Module, max_norm: float | None) -> None:
+        if max_norm is None:
+            return
+        if self.members is None:
+            self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+            return
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)  # per member
+        scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.reshape(-1, *((1,) * (g.dim() - 1))))
+
+    def _update(self, opt, terms: dict, net: nn.Module, max_norm, name: str, counted: bool) -> torch.Tensor:
+        loss = sum(terms.values())
         self.check_finite(name, loss.detach())
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if params_clip is not None:
-            self.clip_gradients(opt, gradient_clip_val=params_clip, gradient_clip_algorithm="norm")
-        opt.step()
+        self.manual_backward(loss.sum() if loss.dim() else loss)
+        self._clip(opt, net, max_norm)
+        if counted:
+            opt.step()
+        else:
+            self.step_uncounted(opt)
+        return loss
+
+    def check_finite(self, name: str, value: torch.Tensor) -> None:
+        if self.members is None or torch.isfinite(value).all():
+            return super().check_finite(name, value)
+        bad = [s for s, v in zip(self.member_seeds, value.tolist()) if not torch.isfinite(torch.tensor(v))]
+        super().check_finite(f"{name} of the ensemble members with seeds {bad}", value)
 
     def training_step(self, batch, batch_idx):
         opt_g, opt_d = self.optimizers()
-        x0 = batch
-        t = self.diffusion.sample_timesteps(x0.shape[0], device=x0.device)
-        x_prev, x_t = self.diffusion.q_sample_pairs(x0, t)
-        iteration = self.global_step // 2  # one D step + one G step per iteration
-
+        parts = self.parts()
+        iteration = self.global_step
         with self.toggled_optimizer(opt_d):
-            d = self.d_losses(x0, x_prev, x_t, t, iteration)
-            loss_d = sum(d.values())
-            self._step(opt_d, loss_d, self.grad_clip_d, "train/loss_d")
+            d = self.objective.d_terms(parts, batch, iteration)
+            loss_d = self._update(opt_d, d, self.discriminator, self.grad_clip_d, "train/loss_d", counted=False)
         with self.toggled_optimizer(opt_g):
-            g = self.g_losses(x_t, t)
-            loss_g = sum(g.values())
-            self._step(opt_g, loss_g, self.grad_clip_g, "train/loss_g")
-        for sched in self.lr_schedulers() if isinstance(self.lr_schedulers(), list) else [self.lr_schedulers()]:
+            g = self.objective.g_terms(parts, batch, iteration)
+            loss_g = self._update(opt_g, g, self.generator, self.grad_clip_g, "train/loss_g", counted=True)
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds]:
             if sched is not None:
                 sched.step()
-        if batch_idx % self.log_every_n_steps == 0:
-            self.log_dict({"train/loss_d": loss_d.detach(), "train/loss_g": loss_g.detach(),
-                           **{f"train/{k}": v.detach() for k, v in {**d, **g}.items()}}, prog_bar=False)
+        if batch_idx % self.log_every_n_steps == 0:  # means over the members of an ensemble
+            logged = {"train/loss_d": loss_d, "train/loss_g": loss_g, **{f"train/{k}": v for k, v in {**d, **g}.items()}}
+            self.log_dict({k: v.detach().mean() for k, v in logged.items()}, prog_bar=False)
 
     def validation_step(self, batch, batch_idx):
+        """The generator's x0 reconstruction error from x_t ~ q(x_t | x0) (a health signal), with t, the
+        noise and z fixed per batch so that it is comparable across evaluations."""
         g = torch.Generator().manual_seed(10_000 + batch_idx)
-        t = torch.randint(0, self.diffusion.num_timesteps, (batch.shape[0],), generator=g).to(self.device)
+        if self.members is not None:
+            batch = batch.expand(self.members, *batch.shape)
+        lead = batch.shape[:-len(self.data_shape)] if self.data_shape else batch.shape[:1]
+        if self.continuous:
+            t = torch.rand(lead, generator=g).clamp(self.diffusion.t_min, 1.0).to(self.device)
+        else:
+            t = torch.randint(0, self.diffusion.num_timesteps, lead, generator=g).to(self.device)
         noise = torch.randn(batch.shape, generator=g).to(self.device, batch.dtype)
-        _, x_t = self.diffusion.q_sample_pairs(batch, t, noise, noise)
-        self._z_generator = torch.Generator(self.device).manual_seed(batch_idx)
-        try:
-            x0_pred = self.generator(x_t, t, self.sample_z(batch.shape[0], batch))
-        finally:
-            self._z_generator = None
-        loss = (x0_pred - batch).pow(2).mean()  # the generator's x0 reconstruction error (a health signal)
+        x_t = self.diffusion.q_sample(batch, t, noise)
+        rng = RandomSource([torch.Generator().manual_seed(batch_idx) for _ in range(self.members)]) if self.members \
+            else RandomSource.single(torch.Generator().manual_seed(batch_idx))
+        z = self.sample_z(x_t, rng).to(self.device)
+        loss = (self.generator(x_t, t, z) - batch).pow(2).mean()
         self.log("val/x0_mse", loss, prog_bar=True, sync_dist=True)
         return loss
+
+    @staticmethod
+    def member_state_dict(state: dict, k: int) -> dict:
+        """Member k's weights in a checkpoint ``state_dict`` of an ensemble (loads into a single model)."""
+        return member_state_dict(state, ("generator.", "discriminator."), k)

@@ -1,7 +1,11 @@
-"""Networks: time-conditioned MLP for 2-D data and a DDPM-style UNet for images."""
+"""Networks: time-conditioned MLPs for 2-D data (and the released SIDDM toy nets), a DDPM-style UNet
+for images, discriminators, and ensembles of small nets."""
 
 from siddm_lab.nets.discriminator import ConvDiscriminator, DiscriminatorOutput, TimeDiscriminator
+from siddm_lab.nets.ensemble import EnsembleLinear, extract_member, stack_members
 from siddm_lab.nets.mlp import TimeMLP
+from siddm_lab.nets.toy_gan import MLPDiscriminator, SkipMLPGenerator
 from siddm_lab.nets.unet import UNet
 
-__all__ = ["ConvDiscriminator", "DiscriminatorOutput", "TimeDiscriminator", "TimeMLP", "UNet"]
+__all__ = ["ConvDiscriminator", "DiscriminatorOutput", "EnsembleLinear", "MLPDiscriminator", "SkipMLPGenerator",
+           "TimeDiscriminator", "TimeMLP", "UNet", "extract_member", "stack_members"]

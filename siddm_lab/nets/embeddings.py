@@ -8,11 +8,15 @@ import torch
 from torch import nn
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer/DDPM sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim]."""
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
+                         downscale_freq_shift: float = 0.0) -> torch.Tensor:
+    """Transformer/DDPM sinusoidal embedding of (possibly fractional) timesteps t [...] -> [..., dim]:
+    sin and cos of t·max_period^(-i/(half - downscale_freq_shift)), i = 0..half-1 (the shift is 1 in
+    the SIDDM/DDGAN reference code, 0 in the DDPM UNet; diffusers calls it the same)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
+    exponent = torch.arange(half, device=t.device, dtype=torch.float32) / (half - downscale_freq_shift)
+    freqs = torch.exp(-math.log(max_period) * exponent)
+    args = t.float()[..., None] * freqs
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
