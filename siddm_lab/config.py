@@ -15,6 +15,7 @@ from siddm_lab.diffusion import PREDICTION_TYPES, SAMPLERS, SCHEDULES, SUBSEQUEN
 from siddm_lab.errors import ConfigError
 
 _MISSING = object()
+ABLATION_KEYS = ("name", "lambda_afd", "afd_form", "entropy", "disc_reg", "lambda_disc_reg", "adversarial")
 
 
 def _get(cfg: DictConfig, key: str):
@@ -49,7 +50,7 @@ RULES: list[Rule] = [
     ("model.sampling.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
     ("model.sampling.eta", _eta_ok, "a number >= 0 or 'sigma_hat'"),
     ("model.sampling.subsequence.name", lambda v: v in SUBSEQUENCES, f"one of {', '.join(SUBSEQUENCES)}"),
-    ("sampler.name", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+    ("sampler.name", lambda v: v in (*SAMPLERS, "generator"), f"one of {', '.join(SAMPLERS)}, generator"),
     ("sampler.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
     ("sampler.eta", _eta_ok, "a number >= 0 or 'sigma_hat'"),
     ("sampler.clip_x0", lambda v: v is None or (_is_num(v) and v > 0), "null or a positive number"),
@@ -68,6 +69,10 @@ RULES: list[Rule] = [
     ("eval.num_samples", lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
     ("eval.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("eval.seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    ("ablation.lambda_afd", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    ("ablation.lambda_disc_reg", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    ("ablation.afd_form", lambda v: v in ("released", "paper"), "one of released, paper"),
+    ("model.z_dist", lambda v: v in ("normal", "uniform"), "one of normal, uniform"),
 ]
 
 
@@ -89,6 +94,18 @@ def validate(cfg: DictConfig) -> None:
             continue
         if not ok(v):
             raise ConfigError(f"{key}={v!r} is invalid: expected {allowed}")
+    ablation = _get(cfg, "ablation")
+    if ablation is not _MISSING and ablation is not None:
+        unknown = sorted(set(ablation) - set(ABLATION_KEYS))
+        if unknown:
+            raise ConfigError(f"ablation keys {unknown} are unknown; allowed: {', '.join(ABLATION_KEYS)}")
+    seeds = _get(cfg, "seeds")
+    if seeds is not _MISSING and seeds is not None:
+        seeds = list(seeds) if OmegaConf.is_list(seeds) or isinstance(seeds, (list, tuple)) else seeds
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(v) and v >= 0 for v in seeds) \
+                or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds={seeds!r} is invalid: expected a list of distinct non-negative integers "
+                              f"(one ensemble member per seed), or null")
     T = _get(cfg, "diffusion.steps")
     for key in ("model.sampling.steps", "sampler.steps"):
         steps = _get(cfg, key)

@@ -1,5 +1,5 @@
 """SIDDM / DDGAN module: which inputs the discriminators see, which terms each ablation switches,
-step counting, reproducible sampling after save/load."""
+iteration counting, reproducible sampling after save/load."""
 
 from __future__ import annotations
 
@@ -31,16 +31,22 @@ class Spy(torch.nn.Module):
         super().__init__()
         self.inner, self.joint, self.calls = inner, inner.joint, []
 
-    def forward(self, x_prev, t, x_t=None, heads=("logit",)):
+    def forward(self, x, t, x_t=None, heads=("logit",)):
         self.calls.append(x_t is not None)
-        return self.inner(x_prev, t, x_t, heads)
+        return self.inner(x, t, x_t, heads)
 
 
-def _batch():
+def _x0():
     torch.manual_seed(0)
-    x0 = torch.randn(16, 2)
-    t = torch.randint(0, 4, (16,))
-    return x0, t
+    return torch.randn(16, 2)
+
+
+def _terms(model, seed=3):
+    torch.manual_seed(seed)
+    d = model.objective.d_terms(model.parts(), _x0(), 0)
+    torch.manual_seed(seed + 1)
+    g = model.objective.g_terms(model.parts(), _x0(), 0)
+    return d, g
 
 
 @pytest.mark.parametrize("model,sees_x_t", [("siddm", False), ("ddgan", True)])
@@ -48,14 +54,11 @@ def test_discriminator_inputs_marginal_vs_joint(model, sees_x_t):
     m = build([f"model={model}"])
     spy = Spy(m.discriminator)
     m.discriminator = spy
-    x0, t = _batch()
-    x_prev, x_t = m.diffusion.q_sample_pairs(x0, t)
-    m.d_losses(x0, x_prev, x_t, t, step=0)
-    m.g_losses(x_t, t)
+    _terms(m)
     assert spy.calls and all(c == sees_x_t for c in spy.calls)
 
 
-def test_mode_and_discriminator_must_agree():
+def test_objective_and_discriminator_must_agree():
     from siddm_lab.nets import TimeDiscriminator
 
     cfg = compose_cfg(TOY + ["model=ddgan"])
@@ -80,86 +83,87 @@ TERMS = {
 }
 
 
-def _losses(overrides):
-    torch.manual_seed(1)
-    m = build(overrides)
-    x0, t = _batch()
-    torch.manual_seed(2)
-    x_prev, x_t = m.diffusion.q_sample_pairs(x0, t)
-    torch.manual_seed(3)
-    d = m.d_losses(x0, x_prev, x_t, t, step=0)
-    torch.manual_seed(4)
-    g = m.g_losses(x_t, t)
-    return {k: float(v) for k, v in d.items()}, {k: float(v) for k, v in g.items()}
-
-
 @pytest.mark.parametrize("ablation", sorted(TERMS))
 def test_each_ablation_switches_exactly_its_terms(ablation):
-    d, g = _losses(["model=siddm", f"ablation={ablation}"])
+    torch.manual_seed(1)
+    d, g = _terms(build(["model=siddm", f"ablation={ablation}"]))
     assert set(d) == TERMS[ablation][0]
     assert set(g) == TERMS[ablation][1]
-    full_d, full_g = _losses(["model=siddm", "ablation=full"])
-    # the terms an ablation keeps have exactly the full model's values (same nets, data and noise),
-    # except where a removed head changes the parameter initialisation order
-    if ablation in ("no_afd_no_reg", "no_afd", "no_entropy", "no_disc_reg"):
+    if ablation != "afd_only":
         return
-    for k in set(d) & set(full_d):
-        assert d[k] == pytest.approx(full_d[k]), k
-    for k in set(g) & set(full_g):
-        assert g[k] == pytest.approx(full_g[k]), k
+    # afd_only keeps the full model's heads, so its terms have exactly the full model's values
+    torch.manual_seed(1)
+    full_d, full_g = _terms(build(["model=siddm", "ablation=full"]))
+    for k in d:
+        assert float(d[k]) == pytest.approx(float(full_d[k])), k
+    for k in g:
+        assert float(g[k]) == pytest.approx(float(full_g[k])), k
 
 
 @pytest.mark.parametrize("overrides", [["model=siddm", f"ablation={a}"] for a in sorted(TERMS)]
-                         + [["model=ddgan"], ["model=siddm", "model.r1_gamma=0.1"]])
+                         + [["model=ddgan"], ["model=siddm", "model.objective.r1_gamma=0.1"],
+                            ["experiment=siddm_toy_released"], ["experiment=siddm_toy_released", "+method=ddgan_released"]])
 def test_every_parameter_takes_part_in_its_loss(overrides):
     """What plain DDP needs (no find_unused_parameters): in each step, every parameter of the net
-    being updated gets a gradient, for every mode and ablation (the model builds only used heads)."""
-    m = build(overrides)
-    x0, t = _batch()
-    x_prev, x_t = m.diffusion.q_sample_pairs(x0, t)
-    sum(m.d_losses(x0, x_prev, x_t, t, step=0).values()).backward()
+    being updated gets a gradient, for every objective and ablation (the model builds only used heads)."""
+    m = build(overrides) if "experiment" not in overrides[0] else instantiate(compose_cfg(overrides).model)
+    x0 = _x0()
+    sum(m.objective.d_terms(m.parts(), x0, 0).values()).backward()
     unused = [n for n, p in m.discriminator.named_parameters() if p.grad is None]
     assert not unused, f"discriminator parameters without gradient: {unused}"
     m.zero_grad(set_to_none=True)
-    sum(m.g_losses(x_t, t).values()).backward()
+    sum(m.objective.g_terms(m.parts(), x0, 0).values()).backward()
     unused = [n for n, p in m.generator.named_parameters() if p.grad is None]
     assert not unused, f"generator parameters without gradient: {unused}"
 
 
 def test_lambda_afd_scales_only_afd_terms():
-    d1, g1 = _losses(["model=siddm", "ablation.lambda_afd=1.0"])
-    d2, g2 = _losses(["model=siddm", "ablation.lambda_afd=0.5"])
-    assert g2["afd_ce"] == pytest.approx(0.5 * g1["afd_ce"])
-    assert g2["afd_entropy"] == pytest.approx(0.5 * g1["afd_entropy"])
-    assert d2["entropy_c"] == pytest.approx(0.5 * d1["entropy_c"])
-    assert g2["g_adv"] == pytest.approx(g1["g_adv"])
-    assert d2["d_real"] == pytest.approx(d1["d_real"]) and d2["disc_reg"] == pytest.approx(d1["disc_reg"])
-
-
-def test_ddgan_has_no_afd_terms():
-    d, g = _losses(["model=ddgan"])
-    assert set(d) == {"d_real", "d_fake"} and set(g) == {"g_adv"}
+    torch.manual_seed(1)
+    d1, g1 = _terms(build(["model=siddm", "ablation.lambda_afd=1.0"]))
+    torch.manual_seed(1)
+    d2, g2 = _terms(build(["model=siddm", "ablation.lambda_afd=0.5"]))
+    assert float(g2["afd_ce"]) == pytest.approx(0.5 * float(g1["afd_ce"]))
+    assert float(g2["afd_entropy"]) == pytest.approx(0.5 * float(g1["afd_entropy"]))
+    assert float(d2["entropy_c"]) == pytest.approx(0.5 * float(d1["entropy_c"]))
+    assert float(g2["g_adv"]) == pytest.approx(float(g1["g_adv"]))
+    assert float(d2["d_real"]) == pytest.approx(float(d1["d_real"]))
+    assert float(d2["disc_reg"]) == pytest.approx(float(d1["disc_reg"]))
 
 
 def test_r1_every_lazy_reg_iterations():
-    m = build(["model=siddm", "model.r1_gamma=0.05", "model.lazy_reg=3"])
-    x0, t = _batch()
-    x_prev, x_t = m.diffusion.q_sample_pairs(x0, t)
-    assert "r1" in m.d_losses(x0, x_prev, x_t, t, step=3)
-    assert "r1" not in m.d_losses(x0, x_prev, x_t, t, step=4)
+    m = build(["model=siddm", "model.objective.r1_gamma=0.05", "model.objective.lazy_reg=3"])
+    assert "r1" in m.objective.d_terms(m.parts(), _x0(), 3)
+    assert "r1" not in m.objective.d_terms(m.parts(), _x0(), 4)
 
 
-def test_unknown_ablation_key():
-    with pytest.raises(Exception, match="unknown"):
-        build(["model=siddm", "+ablation.bogus=1"])
+@pytest.mark.parametrize("override,key", [("ablation.lambda_afd=-1", "lambda_afd"), ("ablation.afd_form=nope", "afd_form"),
+                                          ("model.objective.disc_input=x1", "disc_input"),
+                                          ("model.objective.disc_time=later", "disc_time"),
+                                          ("model.objective.lazy_reg=0", "lazy_reg"), ("model.z_dist=cauchy", "z_dist")])
+def test_bad_objective_settings_name_the_key(override, key):
+    with pytest.raises(Exception, match=key):
+        build(["model=siddm", override])
 
 
-def test_training_counts_two_steps_per_iteration_and_sampling_is_reproducible(tmp_path):
+@pytest.mark.parametrize("override,match", [("+ablation.bogus=1", "bogus"), ("ablation.lambda_afd=abc", "lambda_afd"),
+                                            ("seeds=[1,1]", "seeds"), ("seeds=[-1]", "seeds")])
+def test_bad_ablation_and_seeds_fail_at_validation(override, match):
+    from siddm_lab.config import validate
+
+    with pytest.raises(ConfigError, match=match):
+        validate(compose_cfg(TOY + ["model=siddm", override]))
+
+
+def test_global_step_counts_iterations_and_sampling_is_reproducible(tmp_path):
     from siddm_lab.models.loading import load_model
 
-    metrics, _ = run_train(TOY + ["model=siddm", "trainer.max_steps=20", "trainer.val_check_interval=5"], tmp_path)
-    assert metrics["global_step"] == 20  # 10 iterations x (D step + G step)
+    metrics, _ = run_train(TOY + ["model=siddm", "trainer.max_steps=10", "trainer.val_check_interval=5"], tmp_path)
+    assert metrics["global_step"] == 10  # 10 iterations, each one D step + one G step
     assert metrics["nfe"] == 4
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    opt_g, opt_d = ckpt["optimizer_states"]
+    assert {int(s["step"]) for s in opt_g["state"].values()} == {10}
+    assert {int(s["step"]) for s in opt_d["state"].values()} == {10}
     model, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
     a = model.sample(64, generator=torch.Generator().manual_seed(7))
     b = model.sample(64, generator=torch.Generator().manual_seed(7))
@@ -170,9 +174,20 @@ def test_training_counts_two_steps_per_iteration_and_sampling_is_reproducible(tm
     torch.testing.assert_close(model2.sample(64, generator=torch.Generator().manual_seed(7)), a)
 
 
+def test_ema_of_a_gan_updates_every_iteration(tmp_path):
+    """EMA with update_every_n_steps=2 must update a GAN model (it never did when global_step counted two
+    optimizer steps per iteration and the update index was always odd)."""
+    run_train(TOY + ["model=siddm", "trainer.max_steps=6", "trainer.val_check_interval=6",
+                     "callbacks.ema.update_every_n_steps=2", "callbacks.ema.decay=0.5"], tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw if k.startswith("generator."))
+    assert ckpt["callbacks"]["EMA"]["latest_update_step"] == 5  # updates after iterations 1, 3, 5
+
+
 def test_ddgan_trains(tmp_path):
-    metrics, _ = run_train(TOY + ["model=ddgan", "trainer.max_steps=10", "trainer.val_check_interval=5"], tmp_path)
-    assert metrics["global_step"] == 10 and "fd_2d" in metrics
+    metrics, _ = run_train(TOY + ["model=ddgan", "trainer.max_steps=5", "trainer.val_check_interval=5"], tmp_path)
+    assert metrics["global_step"] == 5 and "fd_2d" in metrics
 
 
 def test_nan_discriminator_loss_stops(tmp_path):
@@ -186,11 +201,20 @@ def test_nan_discriminator_loss_stops(tmp_path):
 
 
 def test_generator_without_any_loss_is_refused():
-    m = build(["model=ddgan", "ablation.adversarial=false"])
-    x0, t = _batch()
-    _, x_t = m.diffusion.q_sample_pairs(x0, t)
+    m = build(["model=ddgan", "model.objective.adversarial=0"])
     with pytest.raises(ConfigError, match="no loss"):
-        m.g_losses(x_t, t)
+        m.objective.g_terms(m.parts(), _x0(), 0)
+
+
+def test_validation_x_t_is_drawn_from_the_marginal(monkeypatch):
+    """val/x0_mse feeds G an x_t ~ q(x_t | x0): one noise draw through q_sample (not a pair with the
+    same noise reused for both steps)."""
+    m = build(["model=siddm"])
+    calls = []
+    monkeypatch.setattr(m.diffusion, "q_sample_pairs", lambda *a, **k: calls.append("pairs"))
+    m.log = lambda *a, **k: None
+    loss = m.validation_step(_x0(), 0)
+    assert torch.isfinite(loss) and not calls
 
 
 @pytest.mark.parametrize("model,sees_x_t", [("siddm", False), ("ddgan", True)])
@@ -203,10 +227,8 @@ def test_image_siddm_losses_and_discriminator_inputs(model, sees_x_t, tmp_path):
     spy = Spy(m.discriminator)
     m.discriminator = spy
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
-    t = torch.tensor([0, 1, 2, 3])
-    x_prev, x_t = m.diffusion.q_sample_pairs(x0, t)
-    d = m.d_losses(x0, x_prev, x_t, t, step=0)
-    g = m.g_losses(x_t, t)
+    d = m.objective.d_terms(m.parts(), x0, 0)
+    g = m.objective.g_terms(m.parts(), x0, 0)
     assert all(torch.isfinite(v) for v in {**d, **g}.values())
     assert spy.calls and all(c == sees_x_t for c in spy.calls)
     if model == "siddm":

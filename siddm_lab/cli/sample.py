@@ -61,8 +61,16 @@ def sample(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     write_resolved_config(cfg, out_dir)
     device = _device(cfg.device)
-    model, run_cfg = load_model(cfg.ckpt, cfg.weights, device)
+    model, run_cfg = load_model(cfg.ckpt, cfg.weights, device, cfg.get("member"))
     T = model.diffusion.num_timesteps
+    if cfg.sampler.name == "generator":
+        if not hasattr(model, "objective"):
+            raise ConfigError("sampler=generator runs a diffusion GAN's generator chain; this checkpoint is a "
+                              f"{type(model).__name__}: use sampler=ddim or sampler=ddpm")
+        return sample_generator_chain(model, run_cfg, cfg, out_dir)
+    if getattr(model, "continuous", False):
+        raise ConfigError("this checkpoint is a continuous-time diffusion GAN: sample it with sampler=generator "
+                          "(sampler.steps = K generator steps, any K >= 1)")
     if cfg.sampler.steps is not None and cfg.sampler.steps > T:
         raise ConfigError(f"sampler.steps={cfg.sampler.steps} is larger than the checkpoint's schedule (T={T}); "
                           f"allowed: 1..{T}")
@@ -104,6 +112,31 @@ def sample(cfg: DictConfig) -> dict:
     shown = {k: v for k, v in info.items() if isinstance(v, (int, float)) and k not in ("seed", "T", "train_step")}
     log.info("results: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
     log.info("outputs in %s", out_dir)
+    return info
+
+
+def sample_generator_chain(model, run_cfg, cfg: DictConfig, out_dir: Path) -> dict:
+    """A diffusion GAN's generator chain with K = ``sampler.steps`` steps (null = its T; any K >= 1 in
+    continuous time); step samplers and sub-sequences do not apply."""
+    if cfg.mode != "sample":
+        raise ConfigError(f"mode={cfg.mode} needs a deterministic step sampler; a diffusion GAN's chain is "
+                          f"stochastic (its latents): use mode=sample")
+    K = cfg.sampler.steps
+    dm = _datamodule(run_cfg, cfg.data_dir)
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    t0 = time.perf_counter()
+    samples = model.sample(int(cfg.num_samples), generator=g, batch_size=int(cfg.batch_size), steps=K)
+    info = {"ckpt": str(cfg.ckpt), "model": type(model).__name__, "T": model.diffusion.num_timesteps,
+            "sampler": "generator_chain", "steps": K or model.diffusion.num_timesteps,
+            "nfe": K or model.diffusion.num_timesteps, "seed": int(cfg.seed), "weights": cfg.weights,
+            "member": cfg.get("member"), "train_step": model.global_step_at_save,
+            "sample_seconds": time.perf_counter() - t0, "num_samples": len(samples)}
+    if cfg.metrics:
+        info.update(dm.evaluate(samples, strict=True))
+    dm.save_samples(samples, out_dir, stem="samples", title=f"{info['model']} K={info['steps']}")
+    write_json(out_dir / "metrics.json", info)
+    log.info("results: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()
+                                      if isinstance(v, (int, float))))
     return info
 
 

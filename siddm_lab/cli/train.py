@@ -187,13 +187,11 @@ def _sigusr1_as_sigterm() -> None:
     signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
 
 
-# Lightning warns (with a code snippet) that a manually optimised model's checkpoints hold the weights after
-# the step: that is what a resumed run needs, and the GAN models always step that way.
-warnings.filterwarnings("ignore", message=".*Using ModelCheckpoint with manual optimization.*")
-
-
 def train(cfg: DictConfig) -> dict:
     validate(cfg)
+    # Lightning warns (with a code snippet) that a manually optimised model's checkpoints hold the weights
+    # after the step: that is what a resumed run needs, and the GAN models always step that way.
+    warnings.filterwarnings("ignore", message=".*Using ModelCheckpoint with manual optimization.*")
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:  # DDP ranks started by re-running the command share the folder

@@ -36,9 +36,10 @@ def load_checkpoint(path, mmap: bool = False) -> dict:
     return ckpt
 
 
-def load_model(path, weights: str = "ema", device: str | torch.device = "cpu"):
+def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", member: int | None = None):
     """(model, run_config) from a checkpoint; ``weights`` = ema (the averaged weights, the
-    checkpoint's ``state_dict``) or raw (``current_model_state``)."""
+    checkpoint's ``state_dict``) or raw (``current_model_state``). A checkpoint of an ensemble
+    (``seeds=[...]``) holds one model per seed: ``member`` (a training seed) picks one."""
     if weights not in WEIGHTS:
         raise CheckpointError(f"weights={weights!r} is unknown; allowed: {', '.join(WEIGHTS)}")
     ckpt = load_checkpoint(path)
@@ -48,6 +49,16 @@ def load_model(path, weights: str = "ema", device: str | torch.device = "cpu"):
         if "current_model_state" not in ckpt:
             raise CheckpointError(f"{path} holds no separate raw weights (trained without EMA): use weights=ema")
         state = ckpt["current_model_state"]
+    seeds = list(cfg.get("seeds") or [])
+    if seeds:
+        if member is None or member not in seeds:
+            raise CheckpointError(f"{path} holds an ensemble of {len(seeds)} models (seeds {seeds}): choose one with "
+                                  f"member=<seed>" + ("" if member is None else f" (member={member} is not one)"))
+        from siddm_lab.models.siddm import SIDDM
+
+        state = SIDDM.member_state_dict(state, seeds.index(member))
+    elif member is not None:
+        raise CheckpointError(f"member={member} but {path} holds a single model (trained with seed={cfg.get('seed')})")
     model = instantiate(cfg.model)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
