@@ -140,3 +140,41 @@ def test_scatter_grid_rows_by_cols(tmp_path):
 
     w, h = Image.open(tmp_path / "samples_side_by_side.png").size
     assert (w, h) == (1200, 800)  # 2 methods x 3 values of T, 4 inches at 100 dpi each
+
+
+def _ensemble_job(root, name, overrides, seeds, done, history=True):
+    job = _job(root, name, overrides)
+    (job / "config.yaml").write_text(f"seeds: {list(seeds)}\n")
+    for s in done:
+        member = job / f"seed_{s}"
+        member.mkdir()
+        (member / "metrics.json").write_text(json.dumps({"seed": s, "nfe": 4, "hq_ratio": 0.1 * (s + 1)}))
+        if history:
+            (member / "history.jsonl").write_text("".join(
+                json.dumps({"iteration": i, "train_seconds": 2.0 * i, "hq_ratio": 0.01 * i + s}) + "\n"
+                for i in (10, 20, 30)))
+    return job
+
+
+def test_ensemble_members_are_rows_and_missing_members_problems(tmp_path):
+    _ensemble_job(tmp_path, "0_method=a", ["+method=a", "seeds=[0,1,2]"], [0, 1, 2], [0, 1, 2])
+    _ensemble_job(tmp_path, "1_method=b", ["+method=b", "seeds=[0,1,2]"], [0, 1, 2], [0, 2])
+    rows, problems = collect(tmp_path)
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 2)]
+    assert problems == [f"{tmp_path / '1_method=b'}: no results for the ensemble members with seeds [1]"]
+    assert {r["job"] for r in rows if r["method"] == "a"} == {"0_method=a/seed_0", "0_method=a/seed_1",
+                                                              "0_method=a/seed_2"}
+    lines = listing(rows, "method", "hq_ratio").strip().splitlines()
+    assert lines[2] == "| a | 4 | 0.2 ± 0.1 |"
+
+
+def test_curves_time_to_quality(tmp_path):
+    from siddm_lab.cli.collect import plot_curves
+
+    _ensemble_job(tmp_path, "0", ["+method=a"], [0, 1], [0, 1])
+    _ensemble_job(tmp_path, "1", ["+method=b"], [0], [0], history=False)
+    rows, _ = collect(tmp_path)
+    assert plot_curves(rows, tmp_path, "hq_ratio", "method", tmp_path / "c.png") == tmp_path / "c.png"
+    assert plot_curves(rows, tmp_path, "nope", "method", tmp_path / "d.png") is None
+    assert main([str(tmp_path), "--rows", "method", "--metric", "hq_ratio", "--curves", "hq_ratio"]) == 0
+    assert (tmp_path / "hq_ratio_vs_iterations.png").is_file()

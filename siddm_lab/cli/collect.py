@@ -33,28 +33,122 @@ def _overrides(job: Path) -> dict:
     return out
 
 
+def _job_of(folder: Path, root: Path) -> Path:
+    """The job folder a result folder belongs to: itself, or the nearest folder above it (inside the sweep)
+    holding Hydra's ``.hydra/`` (an ensemble writes one ``seed_<s>/`` folder per member)."""
+    for p in (folder, *folder.parents):
+        if (p / ".hydra").is_dir():
+            return p
+        if p == root:
+            break
+    return folder
+
+
+def _ensemble_seeds(job: Path) -> list | None:
+    for cfg_file in (job / "config.yaml", job / ".hydra" / "config.yaml"):
+        if cfg_file.is_file():
+            try:
+                seeds = (yaml.safe_load(cfg_file.read_text()) or {}).get("seeds")
+            except yaml.YAMLError:
+                return None
+            return list(seeds) if isinstance(seeds, list) else None
+    return None
+
+
 def collect(sweep_dir) -> tuple[list[dict], list[str]]:
-    """(rows, problems): one row per job folder (a folder holding .hydra/ or metrics.json)."""
+    """(rows, problems): one row per trained model: a job folder's ``metrics.json``, or each member's
+    ``seed_<s>/metrics.json`` in the folder of an ensemble job (its overrides are the job's, its seed the
+    member's). Jobs without results, and missing members, are problems."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SystemExit(f"error: {sweep_dir} is not a directory")
-    jobs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")}
-                  | {p.parent for p in sweep_dir.rglob("metrics.json")})
+    result_dirs = sorted({p.parent for p in sweep_dir.rglob("metrics.json")})
+    jobs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")})
     rows, problems = [], []
-    for job in jobs:
-        mfile = job / "metrics.json"
-        if not mfile.is_file():
-            problems.append(f"{job}: no metrics.json (the job crashed, was interrupted or is still running)")
-            continue
+    found: dict[Path, list] = {}
+    for folder in result_dirs:
+        job = _job_of(folder, sweep_dir)
+        mfile = folder / "metrics.json"
+        found.setdefault(job, [])
         try:
             metrics = json.loads(mfile.read_text())
-        except (json.JSONDecodeError, OSError) as e:
-            problems.append(f"{job}: unreadable metrics.json ({e})")
+            if not isinstance(metrics, dict):
+                raise ValueError(f"expected a JSON object, got {type(metrics).__name__}")
+        except (json.JSONDecodeError, OSError, ValueError) as e:
+            problems.append(f"{folder}: unreadable metrics.json ({e})")
             continue
-        row = {"job": str(job.relative_to(sweep_dir)), **_overrides(job)}
+        row = {"job": str(folder.relative_to(sweep_dir)), **_overrides(job)}
         row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
         rows.append(row)
+        found[job].append(metrics.get("seed"))
+    for job in jobs:
+        seeds = _ensemble_seeds(job)
+        if job not in found:
+            problems.append(f"{job}: no metrics.json (the job crashed, was interrupted or is still running)")
+        elif seeds:
+            missing = [s for s in seeds if s not in found[job]]
+            if missing:
+                problems.append(f"{job}: no results for the ensemble members with seeds {missing}")
     return rows, problems
+
+
+def read_history(folder: Path) -> list[dict]:
+    """The periodic evaluations of one model (``history.jsonl``: iteration, train_seconds, metrics)."""
+    path = Path(folder) / "history.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "iteration" in row:
+            out.append(row)
+    return out
+
+
+def plot_curves(rows: list[dict], sweep_dir: Path, metric: str, group: str | None, path: Path,
+                title: str = "") -> Path | None:
+    """Time-to-quality: ``metric`` against iterations and against training seconds, one line per value of
+    ``group`` (the mean over its models, e.g. seeds, with the min-max band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[list[dict]]] = defaultdict(list)
+    for r in rows:
+        hist = [h for h in read_history(sweep_dir / r["job"]) if metric in h]
+        if hist:
+            series[str(r.get(group, "")) if group else r["job"]].append(hist)
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for name in sorted(series, key=_sort_key):
+        runs = series[name]
+        its = sorted({h["iteration"] for run in runs for h in run})
+        by_it = [[h[metric] for run in runs for h in run if h["iteration"] == i] for i in its]
+        secs = [statistics.mean([h["train_seconds"] for run in runs for h in run if h["iteration"] == i])
+                for i in its]
+        mean = [statistics.mean(v) for v in by_it]
+        label = f"{group}={name}" if group else name
+        for ax, x in zip(axes, (its, secs)):
+            line, = ax.plot(x, mean, "o-", ms=3, label=f"{label} (n={len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(x, [min(v) for v in by_it], [max(v) for v in by_it], color=line.get_color(), alpha=0.15)
+    axes[0].set_xlabel("iterations")
+    axes[1].set_xlabel("training seconds (evaluations excluded)")
+    for ax in axes:
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _num(v):
@@ -215,12 +309,14 @@ def plot_bars(rows: list[dict], row_key: str, metric: str, path: Path, paper: di
 
 
 def _toy_reference(job: Path):
-    """(reference points, centres) of a toy job's dataset, rebuilt from its resolved config.yaml."""
+    """(reference points, centres) of a toy job's dataset, rebuilt from its resolved config.yaml (in the
+    job folder, or the ensemble's folder above a member's)."""
     try:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
-        dm = instantiate(OmegaConf.load(job / "config.yaml").dataset)
+        cfg_file = next(p / "config.yaml" for p in (job, *job.parents) if (p / "config.yaml").is_file())
+        dm = instantiate(OmegaConf.load(cfg_file).dataset)
         centers = getattr(dm.distribution, "centers", None)
         return dm.reference.numpy(), None if centers is None else centers.numpy()
     except Exception:  # noqa: BLE001 - the plot is still useful without the data layer
@@ -272,7 +368,10 @@ def main(argv=None):
                     "the paper's numbers when --paper is given (ablations)")
     ap.add_argument("--scatter", action="store_true", help="side-by-side scatter plots of 2-D samples, one per "
                     "--rows (x --cols) value")
-    ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot")
+    ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot and the curves "
+                    "(default: --rows)")
+    ap.add_argument("--curves", help="metrics (comma-separated) to draw against iterations and training seconds "
+                    "from each model's history.jsonl (time-to-quality), e.g. hq_ratio,modes_covered")
     ap.add_argument("--out", help="output folder (default: the sweep folder)")
     ap.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B (job_type=collect)")
     ap.add_argument("--wandb-group", help="W&B group (default: the sweep's name, i.e. the folder above the "
@@ -312,6 +411,13 @@ def main(argv=None):
                          paper["values"] if paper and not args.cols else None)
         if bars:
             written.append(bars)
+    for curve_metric in [m.strip() for m in (args.curves or "").split(",") if m.strip()]:
+        png = plot_curves(rows, Path(args.sweep_dir), curve_metric, args.group or args.rows,
+                          out / f"{curve_metric}_vs_iterations.png")
+        if png is None:
+            print(f"warning: no history.jsonl holds {curve_metric} (periodic evaluation off?)", file=sys.stderr)
+        else:
+            written.append(png)
     if args.scatter:
         keys = [k for k in (args.rows, args.cols) if k]
         sc = plot_scatter(rows, Path(args.sweep_dir), keys or ["job"], out / "samples_side_by_side.png")
