@@ -178,3 +178,18 @@ def test_curves_time_to_quality(tmp_path):
     assert plot_curves(rows, tmp_path, "nope", "method", tmp_path / "d.png") is None
     assert main([str(tmp_path), "--rows", "method", "--metric", "hq_ratio", "--curves", "hq_ratio"]) == 0
     assert (tmp_path / "hq_ratio_vs_iterations.png").is_file()
+
+
+def test_baseline_comparison_says_whether_each_row_reaches_its_quality(tmp_path, capsys):
+    base = {"modes_covered": 25, "hq_ratio": 0.8, "fd_2d": 0.001, "sample_seconds": 100.0, "nfe": 1000}
+    _job(tmp_path, "0", ["experiment=ddpm"], base)
+    _job(tmp_path, "1", ["experiment=good"], {**base, "modes_covered": 24, "hq_ratio": 0.73, "fd_2d": 0.0019,
+                                              "sample_seconds": 0.25, "nfe": 4})
+    _job(tmp_path, "2", ["experiment=blurry"], {**base, "hq_ratio": 0.2, "sample_seconds": 0.25, "nfe": 4})
+    assert main([str(tmp_path), "--rows", "experiment", "--metric", "hq_ratio", "--baseline", "ddpm"]) == 0
+    out = capsys.readouterr().out
+    assert "| good | 4 | 24 | 0.730 | 0.0019 | 0.25 | 400x | yes |" in out
+    assert "| blurry | 4 | 25 | 0.200 | 0.001 | 0.25 | 400x | no |" in out
+    assert "| ddpm | 1000 | 25 | 0.800 | 0.001 | 100 | 1x | (baseline) |" in out
+    with pytest.raises(SystemExit, match="not a value"):
+        main([str(tmp_path), "--rows", "experiment", "--baseline", "nope"])

@@ -209,6 +209,47 @@ def listing(rows: list[dict], row_key: str, metric: str | list[str], paper: dict
     return "\n".join(lines) + "\n"
 
 
+# "Reaches the baseline's quality" (toy data): modes within one of the baseline's, HQ at least 90 % of it,
+# 2-D FD at most twice it.
+QUALITY_RULE = "modes >= baseline - 1, hq_ratio >= 0.9 x baseline, fd_2d <= 2 x baseline"
+
+
+def baseline_comparison(rows: list[dict], row_key: str, baseline: str) -> str:
+    """Markdown table: each value of ``row_key`` against the ``baseline`` value (means over repeats):
+    the sampling speed-up (baseline sample_seconds / the row's) and whether it reaches the baseline's
+    quality (``QUALITY_RULE``)."""
+    groups = defaultdict(list)
+    for r in rows:
+        if row_key in r:
+            groups[str(r[row_key])].append(r)
+    if baseline not in groups:
+        raise SystemExit(f"error: --baseline {baseline!r} is not a value of --rows {row_key}; values: "
+                         f"{', '.join(sorted(groups))}")
+
+    def mean(key, rs):
+        vals = [float(r[key]) for r in rs if key in r and isinstance(_num(r[key]), float)]
+        return statistics.mean(vals) if vals else None
+
+    need = ("modes_covered", "hq_ratio", "fd_2d", "sample_seconds")
+    base = {k: mean(k, groups[baseline]) for k in need}
+    missing = [k for k, v in base.items() if v is None]
+    if missing:
+        raise SystemExit(f"error: the baseline's jobs have no {', '.join(missing)} (toy metrics needed)")
+    lines = [f"| {row_key} | NFE | modes | HQ | FD | sampling s | speed-up vs {baseline} | reaches {baseline} quality |",
+             "|---" * 8 + "|"]
+    for key in sorted(groups, key=_sort_key):
+        m = {k: mean(k, groups[key]) for k in need}
+        if None in m.values():
+            continue
+        ok = (m["modes_covered"] >= base["modes_covered"] - 1 and m["hq_ratio"] >= 0.9 * base["hq_ratio"]
+              and m["fd_2d"] <= 2 * base["fd_2d"])
+        nfe = ", ".join(sorted({str(r.get("nfe", "")) for r in groups[key]}))
+        verdict = "(baseline)" if key == baseline else ("yes" if ok else "no")
+        lines.append(f"| {key} | {nfe} | {m['modes_covered']:.3g} | {m['hq_ratio']:.3f} | {m['fd_2d']:.3g} | "
+                     f"{m['sample_seconds']:.3g} | {base['sample_seconds'] / m['sample_seconds']:.0f}x | {verdict} |")
+    return "\n".join(lines) + f"\n\nquality rule: {QUALITY_RULE}\n"
+
+
 def _lookup(table: dict, key: str):
     """A paper value by row (or column) label, matching numbers loosely (4 == 4.0)."""
     if not isinstance(table, dict):
@@ -372,6 +413,8 @@ def main(argv=None):
                     "(default: --rows)")
     ap.add_argument("--curves", help="metrics (comma-separated) to draw against iterations and training seconds "
                     "from each model's history.jsonl (time-to-quality), e.g. hq_ratio,modes_covered")
+    ap.add_argument("--baseline", help="a --rows value to compare every row with: sampling speed-up and whether "
+                    "it reaches the baseline's quality (toy metrics; " + QUALITY_RULE + ")")
     ap.add_argument("--out", help="output folder (default: the sweep folder)")
     ap.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B (job_type=collect)")
     ap.add_argument("--wandb-group", help="W&B group (default: the sweep's name, i.e. the folder above the "
@@ -400,6 +443,9 @@ def main(argv=None):
                  else listing(rows, args.rows, metrics, values))
         head = ", ".join(metrics) + (" — ours (paper)" if paper and args.cols else "")
         notes = "".join(f"\n{k}: {paper[k]}" for k in ("metric", "source", "note") if paper and paper.get(k))
+        if args.baseline:
+            comparison = baseline_comparison(rows, args.rows, args.baseline)
+            table += "\n" + comparison
         (out / "table.md").write_text(f"{head}\n\n{table}{notes}\n")
         print(table + notes)
         written.append(out / "table.md")
