@@ -115,7 +115,10 @@ def adopt_csv_header(loggers) -> None:
         if type(logger).__name__ != "CSVLogger":
             continue
         writer = logger.experiment
-        path = Path(writer.metrics_file_path)
+        path = getattr(writer, "metrics_file_path", None)
+        if not isinstance(path, str):  # ranks other than 0 get Lightning's no-op experiment
+            continue
+        path = Path(path)
         if path.is_file():
             with open(path, newline="") as f:
                 header = next(csv.reader(f), [])
