@@ -144,3 +144,26 @@ def test_linear_layers_only_rule_names_the_layer():
 
     with pytest.raises(Exception, match="LayerNorm at 'norm'"):
         stack_members([WithNorm(), WithNorm()])
+
+
+def test_export_a_member_as_a_small_checkpoint_and_verify_it(tmp_path):
+    from siddm_lab.cli.export import main as export_main
+    from siddm_lab.models.loading import load_model
+
+    run_train(TINY + RECIPES["released"] + ["seeds=[3,5]"], tmp_path / "ens")
+    src = tmp_path / "ens" / "checkpoints" / "last.ckpt"
+    dst, manifest = tmp_path / "share" / "m5.ckpt", tmp_path / "share" / "MANIFEST.json"
+    assert export_main([str(src), str(dst), "--member", "5", "--manifest", str(manifest), "--command", "cmd"]) == 0
+    entry = json.loads(manifest.read_text())["m5.ckpt"]
+    assert entry["iterations"] == 6 and entry["seed"] == 5 and entry["command"] == "cmd"
+    assert dst.stat().st_size < src.stat().st_size / 2
+    small, cfg = load_model(dst)
+    full, _ = load_model(src, member=5)
+    assert cfg.seed == 5 and cfg.seeds is None
+    g = torch.Generator().manual_seed(1)
+    torch.testing.assert_close(small.sample(64, generator=g, steps=4),
+                               full.sample(64, generator=torch.Generator().manual_seed(1), steps=4))
+    assert export_main(["--verify", str(manifest)]) == 0
+    dst.write_bytes(dst.read_bytes()[:-10])
+    assert export_main(["--verify", str(manifest)]) == 1
+    assert export_main([str(src), str(tmp_path / "x.ckpt")]) == 2  # an ensemble needs --member

@@ -27,13 +27,13 @@ class DiscriminatorOutput:
 
 class TimeDiscriminator(nn.Module):
     """Args: ``data_dim``; ``hidden``/``num_layers`` of the LeakyReLU MLP trunk; ``joint`` adds x_t
-    to the input (DDGAN); ``cond_head``/``aux_head`` build SIDDM's extra heads."""
+    to the input (DDGAN); ``cond_head``/``aux_head`` build SIDDM's extra heads; ``time_scale`` as TimeMLP's."""
 
     def __init__(self, data_dim: int = 2, hidden: int = 256, num_layers: int = 3, time_dim: int = 64,
-                 joint: bool = False, cond_head: bool = False, aux_head: bool = False):
+                 joint: bool = False, cond_head: bool = False, aux_head: bool = False, time_scale: float = 1.0):
         super().__init__()
         self.joint = joint
-        self.time_embed = TimestepEmbedding(time_dim, hidden)
+        self.time_embed = TimestepEmbedding(time_dim, hidden, scale=time_scale)
         in_dim = data_dim * (2 if joint else 1)
         self.inp = nn.Linear(in_dim, hidden)
         self.blocks = nn.ModuleList(nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(hidden, hidden))

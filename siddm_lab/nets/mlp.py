@@ -18,16 +18,18 @@ class TimeMLP(nn.Module):
         time_dim: size of the sinusoidal time features.
         cond_dim: size of an extra conditioning vector concatenated to the input (0 = none);
             the SIDDM/DDGAN generator feeds its latent z here.
+        time_scale: t is embedded as sinusoids of time_scale·t (1 for integer timesteps, 1000 for
+            continuous t in [0, 1]).
     """
 
     def __init__(self, data_dim: int = 2, hidden: int = 256, num_layers: int = 3, time_dim: int = 64,
-                 cond_dim: int = 0):
+                 cond_dim: int = 0, time_scale: float = 1.0):
         super().__init__()
         if data_dim < 1 or hidden < 1 or num_layers < 1:
             raise ValueError("TimeMLP needs data_dim, hidden and num_layers >= 1")
         self.data_dim = data_dim
         self.cond_dim = cond_dim
-        self.time_embed = TimestepEmbedding(time_dim, hidden)
+        self.time_embed = TimestepEmbedding(time_dim, hidden, scale=time_scale)
         self.inp = nn.Linear(data_dim + cond_dim, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
