@@ -349,3 +349,18 @@ def test_mmd_errors():
         mmd(x[:1], x)
     with pytest.raises(ValueError, match="at least 2"):
         mmd(x, x[:1], kernel="rbf")
+
+
+@pytest.mark.parametrize("kernel,degree", [("poly", 2), ("poly", 3), ("rbf", 2)])
+def test_mmd_fast_paths_equal_the_dense_kernel_matrices(kernel, degree):
+    """The degree-2 feature map and the blocked sums give the dense unbiased estimator exactly."""
+    from siddm_lab.metrics.toy import _kernel, mmd
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(2500, 2, generator=g, dtype=torch.float64) * 1.2 + 0.1
+    kw = {"kernel": kernel, "degree": degree, "gamma": None, "coef0": 1.0, "sigma": 0.7}
+    kxx, kyy, kxy = _kernel(x, x, **kw), _kernel(y, y, **kw), _kernel(x, y, **kw)
+    dense = ((kxx.sum() - kxx.diagonal().sum()) / (3000 * 2999) + (kyy.sum() - kyy.diagonal().sum()) / (2500 * 2499)
+             - 2 * kxy.mean())
+    assert mmd(x, y, kernel=kernel, degree=degree, sigma=0.7) == pytest.approx(float(dense), rel=1e-9, abs=1e-12)
