@@ -20,15 +20,15 @@ from tests.test_data import _write_cifar
 
 # sweep -> (config name, number of jobs)
 SWEEPS = {
-    "siddm_toy": ("train", 45),
+    "siddm_toy": ("train", 15),
     "siddm_toy_released": ("train", 3),
-    "siddm_ablation_afd": ("train", 21),
+    "siddm_ablation_afd": ("train", 7),
     "table_cifar10_main": ("train", 3),
     "table_cifar10_afd": ("train", 6),
     "table_cifar10_disc_reg": ("train", 2),
     "table_celebahq256": ("train", 2),
     "table_imagenet64": ("train", 2),
-    "variance_5seeds": ("train", 15),
+    "variance_5seeds": ("train", 3),
     "schedule_comparison": ("train", 15),
     "ddim_table1": ("sample", 25),
     "subsampling_table": ("sample", 5),
