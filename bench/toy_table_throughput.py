@@ -140,8 +140,8 @@ def main():
         old, new = end_to_end(cell, seeds, args.iters, args.repeats, args.threads)
         result["end_to_end"] = {**summary(old, new, "wall seconds for the cell (all seeds)"),
                                 "iterations": args.iters,
-                                "iterations_per_second_old": statistics.median([args.iters * len(seeds) / o for o in old]),
-                                "iterations_per_second_new": statistics.median([args.iters * len(seeds) / n for n in new])}
+                                "iterations_per_second_old": args.iters * len(seeds) / statistics.median(old),
+                                "iterations_per_second_new": args.iters * len(seeds) / statistics.median(new)}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "toy_table_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -152,7 +152,8 @@ def main():
     for key in ("per_iteration", "end_to_end"):
         if key in result:
             r = result[key]
-            lines.append(f"| {key} ({r['unit']}) | {statistics.median(r['old']):.4g} | {statistics.median(r['new']):.4g} "
+            old_m, new_m = statistics.median(r["old"]), statistics.median(r["new"])
+            lines.append(f"| {key} ({r['unit']}) | {old_m:.4g} | {new_m:.4g} "
                          f"| {r['ratio_min']:.3f} | {r['ratio_median']:.3f} | {r['ratio_max']:.3f} |")
     (out / "toy_table_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

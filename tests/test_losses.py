@@ -234,7 +234,8 @@ def test_released_options_change_only_what_they_claim():
     assert torch.equal(real, X0) and torch.allclose(t_real, (tp - 0.25).clamp(min=0)) and torch.equal(t_fake, t_real)
     (real2, t_real2, _), _ = seen["x_prev@pair"][0]
     tp2, n1b = seen["x_prev@pair"][1:]
-    x_prev = abar((tp2 - 0.25).clamp(min=0))[:, None].sqrt() * X0 + (1 - abar((tp2 - 0.25).clamp(min=0))[:, None]).sqrt() * n1b
+    a_prev = abar((tp2 - 0.25).clamp(min=0))[:, None]
+    x_prev = a_prev.sqrt() * X0 + (1 - a_prev).sqrt() * n1b
     torch.testing.assert_close(real2, x_prev)
     assert torch.equal(t_real2, tp2)
 

@@ -102,7 +102,8 @@ def test_each_ablation_switches_exactly_its_terms(ablation):
 
 @pytest.mark.parametrize("overrides", [["model=siddm", f"ablation={a}"] for a in sorted(TERMS)]
                          + [["model=ddgan"], ["model=siddm", "model.objective.r1_gamma=0.1"],
-                            ["experiment=siddm_toy_released"], ["experiment=siddm_toy_released", "+method=ddgan_released"]])
+                            ["experiment=siddm_toy_released"],
+                            ["experiment=siddm_toy_released", "+method=ddgan_released"]])
 def test_every_parameter_takes_part_in_its_loss(overrides):
     """What plain DDP needs (no find_unused_parameters): in each step, every parameter of the net
     being updated gets a gradient, for every objective and ablation (the model builds only used heads)."""
@@ -136,10 +137,12 @@ def test_r1_every_lazy_reg_iterations():
     assert "r1" not in m.objective.d_terms(m.parts(), _x0(), 4)
 
 
-@pytest.mark.parametrize("override,key", [("ablation.lambda_afd=-1", "lambda_afd"), ("ablation.afd_form=nope", "afd_form"),
+@pytest.mark.parametrize("override,key", [("ablation.lambda_afd=-1", "lambda_afd"),
+                                          ("ablation.afd_form=nope", "afd_form"),
                                           ("model.objective.disc_input=x1", "disc_input"),
                                           ("model.objective.disc_time=later", "disc_time"),
-                                          ("model.objective.lazy_reg=0", "lazy_reg"), ("model.z_dist=cauchy", "z_dist")])
+                                          ("model.objective.lazy_reg=0", "lazy_reg"),
+                                          ("model.z_dist=cauchy", "z_dist")])
 def test_bad_objective_settings_name_the_key(override, key):
     with pytest.raises(Exception, match=key):
         build(["model=siddm", override])

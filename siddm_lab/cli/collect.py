@@ -235,7 +235,8 @@ def baseline_comparison(rows: list[dict], row_key: str, baseline: str) -> str:
     missing = [k for k, v in base.items() if v is None]
     if missing:
         raise SystemExit(f"error: the baseline's jobs have no {', '.join(missing)} (toy metrics needed)")
-    lines = [f"| {row_key} | NFE | modes | HQ | FD | sampling s | speed-up vs {baseline} | reaches {baseline} quality |",
+    lines = [f"| {row_key} | NFE | modes | HQ | FD | sampling s | speed-up vs {baseline} "
+             f"| reaches {baseline} quality |",
              "|---" * 8 + "|"]
     for key in sorted(groups, key=_sort_key):
         m = {k: mean(k, groups[key]) for k in need}

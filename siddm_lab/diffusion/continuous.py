@@ -19,6 +19,7 @@ time t+ of the pair; ``t_prev`` defaults to max(t − 1/T, 0). Shapes as in ``ga
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 

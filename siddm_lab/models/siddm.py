@@ -49,7 +49,8 @@ class SIDDM(DiffusionModule):
     ddp_find_unused_parameters = True
 
     def __init__(self, generator: nn.Module, discriminator, diffusion, objective: GANObjective | None = None,
-                 optimizer_g=None, optimizer_d=None, lr_scheduler_g=None, lr_scheduler_d=None, nz: int = 2, z_dist: str = "normal",
+                 optimizer_g=None, optimizer_d=None, lr_scheduler_g=None, lr_scheduler_d=None, nz: int = 2,
+                 z_dist: str = "normal",
                  grad_clip_g: float | None = None, grad_clip_d: float | None = None, sampling: dict | None = None,
                  eval_num_samples: int = 1000, log_every_n_steps: int = 50):
         super().__init__(diffusion, optimizer_g, lr_scheduler_g, sampling, eval_num_samples, log_every_n_steps)
@@ -155,7 +156,8 @@ class SIDDM(DiffusionModule):
                 raise ConfigError("a step sampler (sampler=ddim|ddpm) needs a discrete-time single model; this "
                                   "one samples with its generator chain (sampler.steps = K generator steps)")
             seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
-            self._sample_rng = RandomSource.single(torch.Generator(self.device).manual_seed(seed)) if seed else None
+            self._sample_rng = (RandomSource.single(torch.Generator(self.device).manual_seed(seed))
+                                if seed is not None else None)
             try:
                 return super().sample(n, generator, sampler, timesteps, batch_size, progress)
             finally:
@@ -171,7 +173,8 @@ class SIDDM(DiffusionModule):
                 x_T = torch.randn((m, *self.data_shape), generator=generator).to(self.device)
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
                 if E is None:
-                    rng = RandomSource.single(torch.Generator(self.device).manual_seed(seed)) if seed else RandomSource()
+                    rng = (RandomSource.single(torch.Generator(self.device).manual_seed(seed)) if seed is not None
+                           else RandomSource())
                 else:
                     x_T = x_T.expand(E, *x_T.shape).contiguous()
                     seeds = [seed if seed is not None else int(torch.randint(0, 2**62, (1,)))] * E
@@ -238,7 +241,8 @@ class SIDDM(DiffusionModule):
             if sched is not None:
                 sched.step()
         if batch_idx % self.log_every_n_steps == 0:  # means over the members of an ensemble
-            logged = {"train/loss_d": loss_d, "train/loss_g": loss_g, **{f"train/{k}": v for k, v in {**d, **g}.items()}}
+            logged = {"train/loss_d": loss_d, "train/loss_g": loss_g,
+                      **{f"train/{k}": v for k, v in {**d, **g}.items()}}
             self.log_dict({k: v.detach().mean() for k, v in logged.items()}, prog_bar=False)
 
     def validation_step(self, batch, batch_idx):
