@@ -77,7 +77,7 @@ def collect(sweep_dir) -> tuple[list[dict], list[str]]:
         except (json.JSONDecodeError, OSError, ValueError) as e:
             problems.append(f"{folder}: unreadable metrics.json ({e})")
             continue
-        row = {"job": str(folder.relative_to(sweep_dir)), **_overrides(job)}
+        row = {"job": str(folder.relative_to(sweep_dir)), "run": str(job.relative_to(sweep_dir)), **_overrides(job)}
         row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
         rows.append(row)
         found[job].append(metrics.get("seed"))
