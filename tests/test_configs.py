@@ -132,7 +132,7 @@ def test_callback_options(option, tmp_path):
     cbs = build_callbacks(cfg)
     names = {type(c).__name__ for c in cbs}
     if option == "default":
-        assert {"ModelCheckpoint", "EMA", "OnExceptionCheckpoint"} <= names
+        assert {"PeriodicCheckpoint", "EMA", "OnExceptionCheckpoint"} <= names
     else:
         assert cbs == []
 

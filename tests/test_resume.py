@@ -32,8 +32,9 @@ BASE = [
 MODELS = {
     "ddpm": ["diffusion.steps=50"],
     "siddm": ["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "discriminator.hidden=32",
-              "model.r1_gamma=0.05", "model.lazy_reg=2"],
+              "model.objective.r1_gamma=0.05", "model.objective.lazy_reg=2"],
 }
+MODELS["siddm_ensemble"] = MODELS["siddm"] + ["seeds=[0,1]"]
 
 
 def _ckpt(out):
@@ -55,9 +56,11 @@ def _same_tree(a, b, path="") -> list[str]:
     return [] if a == b or path.endswith(("_time", "seconds")) else [f"{path}: {a!r} != {b!r}"]
 
 
-@pytest.mark.parametrize("model,stop,end", [("ddpm", 12, 20), ("ddpm", 16, 20), ("siddm", 20, 36)])
+@pytest.mark.parametrize("model,stop,end", [("ddpm", 12, 20), ("ddpm", 16, 20), ("siddm", 10, 18),
+                                            ("siddm_ensemble", 10, 18)])  # 18: last.ckpt written at the end
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, model, stop, end):
-    """stop=12 / 20 (siddm: 10 batches) is mid-epoch, stop=16 an epoch boundary."""
+    """stop=12 / 10 is mid-epoch, stop=16 an epoch boundary (8 batches per epoch; a GAN step is one
+    iteration). The ensemble also resumes its members' noise generators and stacked batches."""
     overrides = BASE + MODELS[model]
     full, _ = run_train(overrides + [f"trainer.max_steps={end}"], tmp_path / "full")
     run_train(overrides + [f"trainer.max_steps={stop}"], tmp_path / "split")
@@ -70,10 +73,11 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, model, stop,
         if key in a:
             diff = _same_tree(a[key], b[key], key)
             assert not diff, diff[:5]
-    sa = np.load(tmp_path / "full" / "samples.npz")["samples"]
-    sb = np.load(tmp_path / "split" / "samples.npz")["samples"]
+    member = "seed_1" if model == "siddm_ensemble" else ""
+    sa = np.load(tmp_path / "full" / member / "samples.npz")["samples"]
+    sb = np.load(tmp_path / "split" / member / "samples.npz")["samples"]
     assert np.array_equal(sa, sb)
-    for k in ("fd_2d", "modes_covered", "val/fd_2d", "train/loss_d" if model == "siddm" else "train/loss"):
+    for k in ("fd_2d", "modes_covered", "val/fd_2d", "train/loss_d" if model.startswith("siddm") else "train/loss"):
         assert full[k] == resumed[k], k
 
 

@@ -1,6 +1,7 @@
-"""Lightning callbacks: EMA of the weights, per-step seeding (exact resume)."""
+"""Lightning callbacks: EMA of the weights, per-step seeding (exact resume), checkpoints."""
 
+from siddm_lab.callbacks.checkpoint import PeriodicCheckpoint
 from siddm_lab.callbacks.ema import EMA
 from siddm_lab.callbacks.seeding import StepSeed
 
-__all__ = ["EMA", "StepSeed"]
+__all__ = ["EMA", "PeriodicCheckpoint", "StepSeed"]
