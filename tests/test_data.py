@@ -726,13 +726,13 @@ def test_toy_datamodule_evaluate_perfect_samples():
     dm = _toy_dm()
     samples = dm.distribution.sample(5000, torch.Generator().manual_seed(99))
     m = dm.evaluate(samples)
-    assert set(m) == {"fd_2d", "mmd_poly2", "mmd_rbf", "modes_covered", "hq_ratio", "mode_kl"}
+    assert set(m) == {"fd_2d", "mmd_poly2", "mmd_poly2_std", "mmd_rbf", "modes_covered", "hq_ratio", "mode_kl"}
     assert m["modes_covered"] == 25
     # within 3 std of a 2-D isotropic Gaussian: P = 1 - exp(-9/2) ≈ 0.9889
     assert m["hq_ratio"] == pytest.approx(1 - math.exp(-4.5), abs=0.006)
     assert 0 <= m["fd_2d"] < 0.01
     # unbiased MMD² of 1000 vs 1000 points: noise of about ±0.01 (poly) and ±0.002 (rbf)
-    assert abs(m["mmd_poly2"]) < 0.05 and abs(m["mmd_rbf"]) < 0.01
+    assert abs(m["mmd_poly2"]) < 0.05 and abs(m["mmd_rbf"]) < 0.01 and abs(m["mmd_poly2_std"]) < 0.05
     assert 0 <= m["mode_kl"] < 0.02
     # a collapsed generator is clearly worse on every metric
     bad = dm.evaluate(
@@ -741,7 +741,7 @@ def test_toy_datamodule_evaluate_perfect_samples():
     )
     assert bad["modes_covered"] == 1
     assert bad["mode_kl"] == pytest.approx(math.log(25), rel=1e-6)
-    assert bad["fd_2d"] > 1.5 and bad["mmd_rbf"] > 0.2 and bad["mmd_poly2"] > 0.2
+    assert bad["fd_2d"] > 1.5 and bad["mmd_rbf"] > 0.2 and bad["mmd_poly2"] > 0.2 and bad["mmd_poly2_std"] > 0.2
 
 
 def test_toy_datamodule_evaluate_without_centres(tmp_path):
@@ -749,7 +749,7 @@ def test_toy_datamodule_evaluate_without_centres(tmp_path):
         SwissRoll(), n_train=512, n_val=64, n_eval=1000, batch_size=64, mmd_max_points=500
     )
     m = dm.evaluate(SwissRoll().sample(1000, torch.Generator().manual_seed(5)))
-    assert set(m) == {"fd_2d", "mmd_poly2", "mmd_rbf"}
+    assert set(m) == {"fd_2d", "mmd_poly2", "mmd_poly2_std", "mmd_rbf"}
     assert m["fd_2d"] < 0.05
     png = dm.save_samples(torch.randn(100, 2), tmp_path, stem="roll")
     assert png.is_file()
@@ -964,3 +964,27 @@ def test_toy_normalize_trains_on_unit_scale_and_evaluates_in_data_units(tmp_path
     norm.save_samples(x_norm[:100], tmp_path, stem="s")
     assert np.allclose(np.load(tmp_path / "s.npz")["samples"], x_raw[:100].numpy(), atol=1e-4)
     assert torch.equal(raw.to_data_space(x_raw), x_raw)  # the identity without normalize
+
+
+def test_mmd_poly2_std_is_the_released_codes_standardised_mmd():
+    """mmd_poly2_std standardises both sets by the reference's scalar mean and std (np.mean / np.std over
+    all coordinates, as the released SIDDM evaluation) before the degree-2 polynomial MMD."""
+    from siddm_lab.metrics.toy import mmd
+
+    dm = _toy_dm()
+    x = dm.distribution.sample(3000, torch.Generator().manual_seed(5)) * 1.3 + 0.2
+    ref = dm.reference[: dm.mmd_max_points].double()
+    mu, sd = float(dm.reference.double().mean()), float(dm.reference.double().numpy().std())
+    expected = mmd((x[: dm.mmd_max_points].double() - mu) / sd, (ref - mu) / sd, kernel="poly", degree=2)
+    assert dm.evaluate(x)["mmd_poly2_std"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_balanced_grid_has_equal_modes_in_random_order():
+    from siddm_lab.data import GaussianGrid
+
+    grid = GaussianGrid(n=5, spacing=5.0, offset=0.0, std=1 / 3, clamp=1.0, balanced=True)
+    x = grid.sample(2500, torch.Generator().manual_seed(0))
+    nearest = torch.cdist(x, grid.centers).argmin(1)
+    assert torch.equal(torch.bincount(nearest, minlength=25), torch.full((25,), 100))
+    assert len(set(nearest[:50].tolist())) > 10  # not in mode order
+    assert float((x - grid.centers[nearest]).abs().max()) <= 1.0  # offsets clamped to [-1, 1]
