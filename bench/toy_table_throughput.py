@@ -9,7 +9,7 @@ Two measurements, both as ratios old / new taken in this process with the sides 
 * ``per_iteration``: the training step alone, in this process: one ensemble step of E members vs E steps
   of single models (same nets, batch and objective, Lightning left out).
 
-    python bench/toy_table_throughput.py [--repeats 5] [--iters 400] [--threads 2] [-- OVERRIDES...]
+    python bench/toy_table_throughput.py [--repeats 5] [--iters 400] [--threads 2] [--device cuda] [-- OVERRIDES...]
 
 Writes bench/results/toy_table_throughput.{json,md}.
 """
@@ -42,8 +42,9 @@ def run_cli(overrides, out_dir, threads):
     return time.perf_counter() - t0
 
 
-def end_to_end(cell, seeds, iters, repeats, threads):
-    common = [*cell, f"trainer.max_steps={iters}", f"trainer.val_check_interval={iters}", "model.eval_num_samples=0",
+def end_to_end(cell, seeds, iters, repeats, threads, device="cpu"):
+    common = [*cell, *(["trainer=gpu"] if device == "cuda" else []), f"trainer.max_steps={iters}",
+              f"trainer.val_check_interval={iters}", "model.eval_num_samples=0",
               "eval.num_samples=2000", "eval.batch_size=2000", "logger=none", "trainer.enable_progress_bar=false"]
     old, new = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +58,7 @@ def end_to_end(cell, seeds, iters, repeats, threads):
     return old, new
 
 
-def per_iteration(cell, seeds, iters, repeats, threads):
+def per_iteration(cell, seeds, iters, repeats, threads, device="cpu"):
     import torch
     from hydra.utils import instantiate
 
@@ -70,13 +71,19 @@ def per_iteration(cell, seeds, iters, repeats, threads):
         cfg = compose_cfg([*cell, *overrides])
         dm = instantiate(cfg.dataset)
         dm.setup()
-        model = build_model(cfg, dm)
+        model = build_model(cfg, dm).to(device)
         model.data_shape = tuple(dm.data_shape)
+        if model.members:
+            model.rng = type(model.rng)([torch.Generator(device).manual_seed(s) for s in seeds])
         opt_g = torch.optim.Adam(model.generator.parameters(), 1e-4, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(model.discriminator.parameters(), 4e-4, betas=(0.5, 0.999))
         shape = (len(seeds), dm.batch_size) if model.members else (dm.batch_size,)
-        x0 = dm.train_set.data[torch.randint(0, len(dm.train_set), shape)]
+        x0 = dm.train_set.data[torch.randint(0, len(dm.train_set), shape)].to(device)
         return model, opt_g, opt_d, x0
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     def step(model, opt_g, opt_d, x0):
         parts = model.parts()
@@ -102,6 +109,7 @@ def per_iteration(cell, seeds, iters, repeats, threads):
     old, new = [], []
     for r in range(repeats):
         for side in ("old", "new") if r % 2 == 0 else ("new", "old"):
+            sync()
             t0 = time.perf_counter()
             for _ in range(iters):
                 if side == "new":
@@ -109,6 +117,7 @@ def per_iteration(cell, seeds, iters, repeats, threads):
                 else:
                     for s in singles:
                         step(*s)
+            sync()
             (old if side == "old" else new).append((time.perf_counter() - t0) / iters)
     return old, new
 
@@ -127,26 +136,28 @@ def main():
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-end-to-end", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("overrides", nargs="*", help="the cell's config (default: " + " ".join(DEFAULT_CELL) + ")")
     args = ap.parse_args()
     cell = args.overrides or DEFAULT_CELL
     seeds = [int(s) for s in args.seeds.split(",")]
-    result = {"cell": cell, "seeds": seeds, "threads": args.threads, "repeats": args.repeats,
+    result = {"cell": cell, "seeds": seeds, "threads": args.threads, "repeats": args.repeats, "device": args.device,
               "torch_threads_note": "OMP_NUM_THREADS / torch.set_num_threads for both sides"}
-    old, new = per_iteration(cell, seeds, args.step_iters, args.repeats, args.threads)
+    old, new = per_iteration(cell, seeds, args.step_iters, args.repeats, args.threads, args.device)
     result["per_iteration"] = summary(old, new, "seconds per iteration of the whole cell (all seeds)")
     print(json.dumps(result["per_iteration"], indent=1))
     if not args.skip_end_to_end:
-        old, new = end_to_end(cell, seeds, args.iters, args.repeats, args.threads)
+        old, new = end_to_end(cell, seeds, args.iters, args.repeats, args.threads, args.device)
         result["end_to_end"] = {**summary(old, new, "wall seconds for the cell (all seeds)"),
                                 "iterations": args.iters,
                                 "iterations_per_second_old": args.iters * len(seeds) / statistics.median(old),
                                 "iterations_per_second_new": args.iters * len(seeds) / statistics.median(new)}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "toy_table_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "toy_table_throughput" + ("_cuda" if args.device == "cuda" else "")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Toy-table throughput: {len(seeds)} seeds as one ensemble vs one job per process",
-             "", f"cell: `{' '.join(cell)}`, seeds {seeds}, {args.threads} threads per process, "
+             "", f"cell: `{' '.join(cell)}`, seeds {seeds}, device {args.device}, {args.threads} threads per process, "
              f"{args.repeats} interleaved repeats; ratio = old / new (> 1: the ensemble is faster)", "",
              "| measurement | old (median) | new (median) | ratio min | ratio median | ratio max |", "|---" * 6 + "|"]
     for key in ("per_iteration", "end_to_end"):
@@ -155,7 +166,7 @@ def main():
             old_m, new_m = statistics.median(r["old"]), statistics.median(r["new"])
             lines.append(f"| {key} ({r['unit']}) | {old_m:.4g} | {new_m:.4g} "
                          f"| {r['ratio_min']:.3f} | {r['ratio_median']:.3f} | {r['ratio_max']:.3f} |")
-    (out / "toy_table_throughput.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
