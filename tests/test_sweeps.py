@@ -20,7 +20,7 @@ from tests.test_data import _write_cifar
 
 # sweep -> (config name, number of jobs)
 SWEEPS = {
-    "siddm_toy": ("train", 15),
+    "siddm_toy": ("train", 20),
     "siddm_toy_released": ("train", 3),
     "siddm_ablation_afd": ("train", 7),
     "table_cifar10_main": ("train", 3),
