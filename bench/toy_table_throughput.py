@@ -122,6 +122,42 @@ def per_iteration(cell, seeds, iters, repeats, threads, device="cpu"):
     return old, new
 
 
+def arithmetic(cell, seeds, iters, threads):
+    """Matmul FLOPs of one ensemble iteration (D and G terms, forward + backward; R1 off, as
+    FlopCounterMode cannot trace its double backward) and the rate this machine achieves on it: when
+    that rate is near the CPU's arithmetic limit, batching the members cannot cut the time."""
+    import torch
+    from hydra.utils import instantiate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from siddm_lab.cli.train import build_model
+    from tests.helpers import compose_cfg
+
+    torch.set_num_threads(threads)
+    cfg = compose_cfg([*cell, f"seeds=[{','.join(map(str, seeds))}]", "model.objective.r1_gamma=0"])
+    dm = instantiate(cfg.dataset)
+    dm.setup()
+    model = build_model(cfg, dm)
+    x0 = dm.train_set.data[torch.randint(0, len(dm.train_set), (len(seeds), dm.batch_size))]
+    parts = model.parts()
+
+    def terms():
+        sum(model.objective.d_terms(parts, x0, 0).values()).sum().backward()
+        sum(model.objective.g_terms(parts, x0, 0).values()).sum().backward()
+
+    with FlopCounterMode(display=False) as counter:
+        terms()
+    for _ in range(5):
+        terms()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        terms()
+    seconds = (time.perf_counter() - t0) / iters
+    flops = counter.get_total_flops()
+    return {"gflop_per_iteration": flops / 1e9, "seconds_per_iteration": seconds,
+            "gflop_per_second": flops / seconds / 1e9, "members": len(seeds), "batch": dm.batch_size}
+
+
 def summary(old, new, unit):
     ratios = [o / n for o, n in zip(old, new)]
     return {"old": old, "new": new, "unit": unit, "ratios": ratios, "ratio_min": min(ratios),
@@ -146,6 +182,9 @@ def main():
     old, new = per_iteration(cell, seeds, args.step_iters, args.repeats, args.threads, args.device)
     result["per_iteration"] = summary(old, new, "seconds per iteration of the whole cell (all seeds)")
     print(json.dumps(result["per_iteration"], indent=1))
+    if args.device == "cpu":
+        result["arithmetic"] = arithmetic(cell, seeds, args.step_iters, args.threads)
+        print(json.dumps(result["arithmetic"], indent=1))
     if not args.skip_end_to_end:
         old, new = end_to_end(cell, seeds, args.iters, args.repeats, args.threads, args.device)
         result["end_to_end"] = {**summary(old, new, "wall seconds for the cell (all seeds)"),
@@ -166,6 +205,13 @@ def main():
             old_m, new_m = statistics.median(r["old"]), statistics.median(r["new"])
             lines.append(f"| {key} ({r['unit']}) | {old_m:.4g} | {new_m:.4g} "
                          f"| {r['ratio_min']:.3f} | {r['ratio_median']:.3f} | {r['ratio_max']:.3f} |")
+    if "arithmetic" in result:
+        a = result["arithmetic"]
+        lines += ["", f"arithmetic: one ensemble iteration ({a['members']} members, batch {a['batch']}, R1 off) is "
+                  f"{a['gflop_per_iteration']:.2f} GFLOP of matmuls, done in "
+                  f"{1e3 * a['seconds_per_iteration']:.1f} ms: "
+                  f"{a['gflop_per_second']:.0f} GFLOP/s on {args.threads} threads (the work is arithmetic, not "
+                  f"per-call overhead, so stacking members cannot make it much faster on this device)"]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
