@@ -4,8 +4,9 @@ ancestral steps vs DDIM (eta=0) with 10 and 50 steps, all in one process on the 
 Each case draws ``--num-samples`` points (after one warm-up call), the best wall time of
 ``--repeats`` is kept, and the samples are scored by their run's own datamodule (modes covered,
 high-quality ratio, 2-D Fréchet distance). The figure of merit is the wall-time ratio to DDPM-1000,
-with whether the case reaches DDPM-1000's quality: at least as many modes minus one and a Fréchet
-distance at most twice DDPM-1000's. Writes bench/results/sample_quality.{json,md}.
+with whether the case reaches DDPM-1000's quality (the rule of ``siddm-collect --baseline``: modes
+within one of DDPM-1000's, HQ at least 90 % of it, Fréchet distance at most twice it).
+Writes bench/results/sample_quality.{json,md}.
 
     make demo   # trains the DDPM (T=1000) and SIDDM (T=4) checkpoints of the comparison
     python bench/sample_quality.py --ddpm runs/demo_comparison/ddpm_T1000/checkpoints/last.ckpt \\
@@ -25,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from siddm_lab.cli.collect import QUALITY_RULE, reaches_quality  # noqa: E402
 from siddm_lab.cli.sample import _datamodule  # noqa: E402
 from siddm_lab.models.base import sampler_and_timesteps  # noqa: E402
 from siddm_lab.models.loading import load_model  # noqa: E402
@@ -81,15 +83,14 @@ def main(argv=None):
     base = cases[0]
     for c in cases:
         c["time_ratio_vs_ddpm"] = c["seconds"] / base["seconds"]
-        c["reaches_ddpm_quality"] = bool(c.get("modes_covered", 0) >= base.get("modes_covered", 0) - 1
-                                         and c["fd_2d"] <= 2 * base["fd_2d"])
+        c["reaches_ddpm_quality"] = reaches_quality(c, base)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"num_samples": args.num_samples, "repeats": args.repeats, "device": args.device,
             "torch_threads": torch.get_num_threads(), "ddpm_ckpt": args.ddpm}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "cases": cases}, indent=2))
     lines = [f"Sampling {args.num_samples} points, best of {args.repeats}, device {args.device} "
-             f"({torch.get_num_threads()} threads). Quality reached = modes >= DDPM's - 1 and FD <= 2x DDPM's.", "",
+             f"({torch.get_num_threads()} threads). Quality reached: {QUALITY_RULE} (baseline: DDPM-1000).", "",
              "| case | NFE | seconds | time / DDPM-1000 | modes | HQ | FD 2-D | reaches DDPM quality |",
              "|---|---|---|---|---|---|---|---|"]
     for c in cases:

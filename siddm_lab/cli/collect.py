@@ -214,6 +214,12 @@ def listing(rows: list[dict], row_key: str, metric: str | list[str], paper: dict
 QUALITY_RULE = "modes >= baseline - 1, hq_ratio >= 0.9 x baseline, fd_2d <= 2 x baseline"
 
 
+def reaches_quality(m: dict, base: dict) -> bool:
+    """``QUALITY_RULE``: does the toy metrics dict ``m`` reach those of ``base``?"""
+    return bool(m["modes_covered"] >= base["modes_covered"] - 1 and m["hq_ratio"] >= 0.9 * base["hq_ratio"]
+                and m["fd_2d"] <= 2 * base["fd_2d"])
+
+
 def baseline_comparison(rows: list[dict], row_key: str, baseline: str) -> str:
     """Markdown table: each value of ``row_key`` against the ``baseline`` value (means over repeats):
     the sampling speed-up (baseline sample_seconds / the row's) and whether it reaches the baseline's
@@ -242,8 +248,7 @@ def baseline_comparison(rows: list[dict], row_key: str, baseline: str) -> str:
         m = {k: mean(k, groups[key]) for k in need}
         if None in m.values():
             continue
-        ok = (m["modes_covered"] >= base["modes_covered"] - 1 and m["hq_ratio"] >= 0.9 * base["hq_ratio"]
-              and m["fd_2d"] <= 2 * base["fd_2d"])
+        ok = reaches_quality(m, base)
         nfe = ", ".join(sorted({str(r.get("nfe", "")) for r in groups[key]}))
         verdict = "(baseline)" if key == baseline else ("yes" if ok else "no")
         lines.append(f"| {key} | {nfe} | {m['modes_covered']:.3g} | {m['hq_ratio']:.3f} | {m['fd_2d']:.3g} | "
