@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -21,19 +21,32 @@ def load_checkpoint(path, mmap: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (a .ckpt written by siddm-train, e.g. "
                               f"runs/<task>/<date>/checkpoints/last.ckpt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"refusing to load {path}: it holds pickled objects other than tensors and plain "
-                              f"containers, which could run code ({str(e).splitlines()[0]})") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    except Exception as e:  # noqa: BLE001 - torch's unpickler raises anything on a foreign file
+        raise _unreadable(path, e) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     if "siddm_config" not in ckpt:
         raise CheckpointError(f"{path} was not written by siddm-train (no 'siddm_config' with the run's config)")
     return ckpt
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    """The reason a file failed ``torch.load(weights_only=True)``, without torch's advice to load it
+    unsafely: it holds objects beyond tensors and plain containers (named), or it is not a checkpoint,
+    truncated or corrupt."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    if found:
+        return CheckpointError(f"refusing to load {path}: besides tensors it holds a pickled {found.group(1)!r} "
+                               f"object, which could run code; siddm_lab checkpoints never do")
+    if isinstance(e, RuntimeError) and "zip archive" in str(e):
+        return CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupt (an incomplete "
+                               f"PyTorch archive)")
+    return CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or a truncated or corrupt "
+                           f"one ({type(e).__name__})")
 
 
 def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", member: int | None = None):
