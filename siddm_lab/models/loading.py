@@ -38,7 +38,7 @@ def _unreadable(path: Path, e: Exception) -> CheckpointError:
     """The reason a file failed ``torch.load(weights_only=True)``, without torch's advice to load it
     unsafely: it holds objects beyond tensors and plain containers (named), or it is not a checkpoint,
     truncated or corrupt."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
     if found:
         return CheckpointError(f"refusing to load {path}: besides tensors it holds a pickled {found.group(1)!r} "
                                f"object, which could run code; siddm_lab checkpoints never do")
