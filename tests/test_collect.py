@@ -193,3 +193,12 @@ def test_baseline_comparison_says_whether_each_row_reaches_its_quality(tmp_path,
     assert "| ddpm | 1000 | 25 | 0.800 | 0.001 | 100 | 1x | (baseline) |" in out
     with pytest.raises(SystemExit, match="not a value"):
         main([str(tmp_path), "--rows", "experiment", "--baseline", "nope"])
+
+
+def test_unknown_rows_key_or_metric_is_an_error(tmp_path):
+    _job(tmp_path, "0_a", ["method=siddm"], {"fd_2d": 1.0, "nfe": 4})
+    with pytest.raises(SystemExit, match=r"--rows nosuchkey: no job has this config key; keys of these jobs: .*method"):
+        main([str(tmp_path), "--rows", "nosuchkey"])
+    with pytest.raises(SystemExit, match=r"--metric nosuchmetric: no job has this metric; keys of these jobs: .*fd_2d"):
+        main([str(tmp_path), "--rows", "method", "--metric", "nosuchmetric"])
+    assert main([str(tmp_path), "--rows", "method"]) == 0

@@ -408,8 +408,8 @@ def main(argv=None):
     ap.add_argument("sweep_dir")
     ap.add_argument("--rows", help="config key for table rows (e.g. sampler.eta)")
     ap.add_argument("--cols", help="config key for table columns (e.g. sampler.steps); without it one line per row")
-    ap.add_argument("--metric", default="fd_2d", help="metric in the table and the plot; with --rows and no --cols "
-                    "a comma-separated list gives one column per metric")
+    ap.add_argument("--metric", default=None, help="metric in the table and the plot (default fd_2d); with --rows "
+                    "and no --cols a comma-separated list gives one column per metric")
     ap.add_argument("--paper", help="YAML file of published numbers to print beside ours (see load_paper)")
     ap.add_argument("--bars", action="store_true", help="bar chart of the (first) metric per --rows value, with "
                     "the paper's numbers when --paper is given (ablations)")
@@ -438,9 +438,16 @@ def main(argv=None):
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    metrics = [m.strip() for m in (args.metric or "fd_2d").split(",") if m.strip()]
+    for flag, key in (("--rows", args.rows), ("--cols", args.cols), ("--group", args.group)):
+        if key and key not in keys:
+            raise SystemExit(f"error: {flag} {key}: no job has this config key; keys of these jobs: {', '.join(keys)}")
+    unknown = [m for m in metrics if m not in keys] if args.metric else []
+    if unknown:
+        raise SystemExit(f"error: --metric {', '.join(unknown)}: no job has this metric; keys of these jobs: "
+                         f"{', '.join(keys)}")
     if args.cols and len(metrics) != 1:
-        raise SystemExit("error: --metric takes one metric with --cols (a pivot table); got " + args.metric)
+        raise SystemExit("error: --metric takes one metric with --cols (a pivot table); got " + ",".join(metrics))
     paper = load_paper(args.paper) if args.paper else None
     written = [out / "results.csv"]
     if args.rows:
