@@ -58,27 +58,35 @@ def end_to_end(cell, seeds, iters, repeats, threads, device="cpu"):
     return old, new
 
 
-def per_iteration(cell, seeds, iters, repeats, threads, device="cpu"):
+def build_cell(cell, overrides, seeds, device="cpu"):
+    """(model, x0): the cell's model as ``siddm-train`` builds it (single or ensemble, by ``overrides``)
+    and one training batch of its data ([E, B, ...] for an ensemble)."""
     import torch
     from hydra.utils import instantiate
 
     from siddm_lab.cli.train import build_model
     from tests.helpers import compose_cfg
 
+    cfg = compose_cfg([*cell, *overrides])
+    dm = instantiate(cfg.dataset)
+    dm.setup()
+    model = build_model(cfg, dm).to(device)
+    model.data_shape = tuple(dm.data_shape)
+    if model.members:
+        model.rng = type(model.rng)([torch.Generator(device).manual_seed(s) for s in seeds])
+    shape = (len(seeds), dm.batch_size) if model.members else (dm.batch_size,)
+    return model, dm.train_set.data[torch.randint(0, len(dm.train_set), shape)].to(device)
+
+
+def per_iteration(cell, seeds, iters, repeats, threads, device="cpu"):
+    import torch
+
     torch.set_num_threads(threads)
 
     def setup(overrides):
-        cfg = compose_cfg([*cell, *overrides])
-        dm = instantiate(cfg.dataset)
-        dm.setup()
-        model = build_model(cfg, dm).to(device)
-        model.data_shape = tuple(dm.data_shape)
-        if model.members:
-            model.rng = type(model.rng)([torch.Generator(device).manual_seed(s) for s in seeds])
+        model, x0 = build_cell(cell, overrides, seeds, device)
         opt_g = torch.optim.Adam(model.generator.parameters(), 1e-4, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(model.discriminator.parameters(), 4e-4, betas=(0.5, 0.999))
-        shape = (len(seeds), dm.batch_size) if model.members else (dm.batch_size,)
-        x0 = dm.train_set.data[torch.randint(0, len(dm.train_set), shape)].to(device)
         return model, opt_g, opt_d, x0
 
     def sync():
@@ -127,18 +135,10 @@ def arithmetic(cell, seeds, iters, threads):
     FlopCounterMode cannot trace its double backward) and the rate this machine achieves on it: when
     that rate is near the CPU's arithmetic limit, batching the members cannot cut the time."""
     import torch
-    from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
-    from siddm_lab.cli.train import build_model
-    from tests.helpers import compose_cfg
-
     torch.set_num_threads(threads)
-    cfg = compose_cfg([*cell, f"seeds=[{','.join(map(str, seeds))}]", "model.objective.r1_gamma=0"])
-    dm = instantiate(cfg.dataset)
-    dm.setup()
-    model = build_model(cfg, dm)
-    x0 = dm.train_set.data[torch.randint(0, len(dm.train_set), (len(seeds), dm.batch_size))]
+    model, x0 = build_cell(cell, [f"seeds=[{','.join(map(str, seeds))}]", "model.objective.r1_gamma=0"], seeds)
     parts = model.parts()
 
     def terms():
@@ -155,7 +155,7 @@ def arithmetic(cell, seeds, iters, threads):
     seconds = (time.perf_counter() - t0) / iters
     flops = counter.get_total_flops()
     return {"gflop_per_iteration": flops / 1e9, "seconds_per_iteration": seconds,
-            "gflop_per_second": flops / seconds / 1e9, "members": len(seeds), "batch": dm.batch_size}
+            "gflop_per_second": flops / seconds / 1e9, "members": len(seeds), "batch": x0.shape[1]}
 
 
 def summary(old, new, unit):
