@@ -202,3 +202,45 @@ def test_unknown_rows_key_or_metric_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match=r"--metric nosuchmetric: no job has this metric; keys of these jobs: .*fd_2d"):
         main([str(tmp_path), "--rows", "method", "--metric", "nosuchmetric"])
     assert main([str(tmp_path), "--rows", "method"]) == 0
+
+
+def test_malformed_metrics_json_skips_the_job_with_a_warning_naming_the_file(tmp_path, capsys):
+    """One job of a sweep that wrote garbage is left out with a warning that names its file and what is
+    wrong; the others are tabulated (exit status 1: the table is incomplete), never a traceback."""
+    _job(tmp_path, "0", ["+method=a", "seed=0"], {"nfe": 4, "fd_2d": 1.0, "model": "SIDDM"})
+    _job(tmp_path, "1", ["+method=a", "seed=1"], {"nfe": 4, "fd_2d": "nan"})  # a diverged run (write_json)
+    _job(tmp_path, "2", ["+method=b", "seed=0"], raw="[1, 2]")
+    _job(tmp_path, "3", ["+method=b", "seed=1"], {"nfe": "abc", "fd_2d": 3.0})
+    _job(tmp_path, "4", ["+method=b", "seed=2"], {"nfe": 4, "fd_2d": [3.0]})
+    _job(tmp_path, "5", ["+method=b", "seed=3"], {"nfe": 4, "fd_2d": True})
+    _job(tmp_path, "6", ["+method=c", "seed=0"], {"nfe": 4, "fd_2d": 2.0})
+    for extra in ([], ["--cols", "nfe"]):
+        rc = main([str(tmp_path), "--rows", "method", "--metric", "fd_2d", "--bars", *extra])
+        assert rc == 1
+        err = capsys.readouterr().err
+        assert f"{tmp_path / '2' / 'metrics.json'}: " in err and "not a JSON object" in err and "list" in err
+        assert f"{tmp_path / '3' / 'metrics.json'}: nfe='abc' is not a number" in err
+        assert f"{tmp_path / '4' / 'metrics.json'}: fd_2d=[3.0] is not a number" in err
+        assert f"{tmp_path / '5' / 'metrics.json'}: fd_2d=True is not a number" in err
+        assert err.count("job skipped") == 4
+        with open(tmp_path / "results.csv") as f:
+            assert sorted(r["job"] for r in csv.DictReader(f)) == ["0", "1", "6"]
+        assert (tmp_path / "table.md").is_file()
+
+
+def test_no_job_left_after_malformed_metrics_is_an_error_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    _job(tmp_path, "0", ["+method=a"], {"nfe": "abc", "fd_2d": 1.0})
+    _job(tmp_path, "1", ["+method=b"], raw='"just a string"')
+    with pytest.raises(SystemExit, match="no job with a usable metrics.json"):
+        main([str(tmp_path), "--rows", "method"])
+    res = subprocess.run([sys.executable, "-m", "siddm_lab.collect", str(tmp_path), "--rows", "method"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"{tmp_path / '0' / 'metrics.json'}: nfe='abc' is not a number" in res.stderr
+    assert f"{tmp_path / '1' / 'metrics.json'}: " in res.stderr and "got a string" in res.stderr

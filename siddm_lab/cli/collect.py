@@ -3,7 +3,8 @@
 Reads only each job's files: ``metrics.json`` and ``.hydra/overrides.yaml`` (the swept values).
 Writes ``results.csv`` (one row per job) and, with ``--rows/--cols``, ``table.md`` (a pivot of
 ``--metric``), plus ``<metric>_vs_nfe.png`` grouped by ``--group``. Jobs without metrics.json
-(crashed or still running) and unreadable files are listed, never silently dropped.
+(crashed or still running) and unreadable or malformed files (not a JSON object, or a value the table needs
+as a number that is not one) are listed by path, never silently dropped.
 
     siddm-collect runs/multirun/ddim_table1/<date> --rows sampler.eta --cols sampler.steps \\
         --metric fd_mnist_classifier --group sampler.eta
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -55,10 +56,34 @@ def _ensemble_seeds(job: Path) -> list | None:
     return None
 
 
-def collect(sweep_dir) -> tuple[list[dict], list[str]]:
+def _is_number(v) -> bool:
+    """A metric value usable as a number: a JSON number, or a numeric string such as the "nan" / "inf"
+    that ``write_json`` writes for a diverged run (JSON has no non-finite numbers)."""
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, (int, float)) or (isinstance(v, str) and isinstance(_num(v), float))
+
+
+def _json_kind(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number")
+
+
+def _malformed(metrics, numeric) -> str | None:
+    """What is wrong with the content of a metrics.json (None when it is usable): it must be a JSON
+    object, and the keys in ``numeric`` (those the table and plots read as numbers) must hold numbers."""
+    if not isinstance(metrics, dict):
+        return f"not a JSON object of metrics (got {_json_kind(metrics)})"
+    bad = [f"{k}={metrics[k]!r} is not a number" for k in numeric if k in metrics and not _is_number(metrics[k])]
+    return "; ".join(bad) or None
+
+
+def collect(sweep_dir, numeric=("nfe",)) -> tuple[list[dict], list[str]]:
     """(rows, problems): one row per trained model: a job folder's ``metrics.json``, or each member's
     ``seed_<s>/metrics.json`` in the folder of an ensemble job (its overrides are the job's, its seed the
-    member's). Jobs without results, and missing members, are problems."""
+    member's). Jobs without results, and missing members, are problems; so are unreadable or malformed
+    metrics files (``numeric``: the metrics that must be numbers), whose jobs are skipped: one job of a
+    sweep that wrote garbage must not stop the others from being tabulated."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SystemExit(f"error: {sweep_dir} is not a directory")
@@ -72,10 +97,12 @@ def collect(sweep_dir) -> tuple[list[dict], list[str]]:
         found.setdefault(job, [])
         try:
             metrics = json.loads(mfile.read_text())
-            if not isinstance(metrics, dict):
-                raise ValueError(f"expected a JSON object, got {type(metrics).__name__}")
-        except (json.JSONDecodeError, OSError, ValueError) as e:
-            problems.append(f"{folder}: unreadable metrics.json ({e})")
+        except (OSError, ValueError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
+            problems.append(f"{mfile}: unreadable ({e}); job skipped")
+            continue
+        wrong = _malformed(metrics, numeric)
+        if wrong:
+            problems.append(f"{mfile}: {wrong}; job skipped")
             continue
         row = {"job": str(folder.relative_to(sweep_dir)), "run": str(job.relative_to(sweep_dir)), **_overrides(job)}
         row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
@@ -119,7 +146,9 @@ def plot_curves(rows: list[dict], sweep_dir: Path, metric: str, group: str | Non
 
     series: dict[str, list[list[dict]]] = defaultdict(list)
     for r in rows:
-        hist = [h for h in read_history(sweep_dir / r["job"]) if metric in h]
+        hist = [{k: float(h[k]) for k in ("iteration", "train_seconds", metric)}
+                for h in read_history(sweep_dir / r["job"])
+                if all(_is_number(h.get(k)) for k in ("iteration", "train_seconds", metric))]
         if hist:
             series[str(r.get(group, "")) if group else r["job"]].append(hist)
     if not series:
@@ -129,9 +158,8 @@ def plot_curves(rows: list[dict], sweep_dir: Path, metric: str, group: str | Non
         runs = series[name]
         its = sorted({h["iteration"] for run in runs for h in run})
         by_it = [[h[metric] for run in runs for h in run if h["iteration"] == i] for i in its]
-        secs = [statistics.mean([h["train_seconds"] for run in runs for h in run if h["iteration"] == i])
-                for i in its]
-        mean = [statistics.mean(v) for v in by_it]
+        secs = [_mean([h["train_seconds"] for run in runs for h in run if h["iteration"] == i]) for i in its]
+        mean = [_mean(v) for v in by_it]
         label = f"{group}={name}" if group else name
         for ax, x in zip(axes, (its, secs)):
             line, = ax.plot(x, mean, "o-", ms=3, label=f"{label} (n={len(runs)})")
@@ -184,10 +212,21 @@ def pivot(rows: list[dict], row_key: str, col_key: str, metric: str, paper: dict
     return "\n".join(lines) + "\n"
 
 
+def _mean(vals: list[float]) -> float:
+    return math.fsum(vals) / len(vals)
+
+
+def _std(vals: list[float]) -> float:
+    """Sample standard deviation; NaN (not an exception, as ``statistics.stdev`` gives) when a diverged
+    run's NaN is among the values."""
+    m = _mean(vals)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+
+
 def _cell(vals: list[float]) -> str:
     if not vals:
         return "—"
-    return f"{vals[0]:.4g}" if len(vals) == 1 else f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}"
+    return f"{vals[0]:.4g}" if len(vals) == 1 else f"{_mean(vals):.4g} ± {_std(vals):.2g}"
 
 
 def listing(rows: list[dict], row_key: str, metric: str | list[str], paper: dict | None = None) -> str:
@@ -234,7 +273,7 @@ def baseline_comparison(rows: list[dict], row_key: str, baseline: str) -> str:
 
     def mean(key, rs):
         vals = [float(r[key]) for r in rs if key in r and isinstance(_num(r[key]), float)]
-        return statistics.mean(vals) if vals else None
+        return _mean(vals) if vals else None
 
     need = ("modes_covered", "hq_ratio", "fd_2d", "sample_seconds")
     base = {k: mean(k, groups[baseline]) for k in need}
@@ -331,8 +370,8 @@ def plot_bars(rows: list[dict], row_key: str, metric: str, path: Path, paper: di
     if not groups:
         return None
     names = sorted(groups, key=_sort_key)
-    means = [statistics.mean(groups[n]) for n in names]
-    stds = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
+    means = [_mean(groups[n]) for n in names]
+    stds = [_std(groups[n]) for n in names]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names)), 4), dpi=100)
     x = list(range(len(names)))
     ax.bar(x, means, yerr=stds, capsize=3, color="tab:blue", label=f"ours ({metric})")
@@ -426,19 +465,22 @@ def main(argv=None):
     ap.add_argument("--wandb-group", help="W&B group (default: the sweep's name, i.e. the folder above the "
                     "dated sweep folder)")
     args = ap.parse_args(argv)
-    rows, problems = collect(args.sweep_dir)
+    metrics = [m.strip() for m in (args.metric or "fd_2d").split(",") if m.strip()]
+    numeric = [*metrics, "nfe", *(("modes_covered", "hq_ratio", "fd_2d", "sample_seconds") if args.baseline else ()),
+               *(("sample_seconds",) if args.scatter else ())]
+    rows, problems = collect(args.sweep_dir, numeric=numeric)
     out = Path(args.out or args.sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     if not rows:
-        raise SystemExit(f"error: no job with metrics.json under {args.sweep_dir}")
+        raise SystemExit(f"error: no job with a usable metrics.json under {args.sweep_dir}"
+                         + (" (see the warnings above)" if problems else ""))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    metrics = [m.strip() for m in (args.metric or "fd_2d").split(",") if m.strip()]
     for flag, key in (("--rows", args.rows), ("--cols", args.cols), ("--group", args.group)):
         if key and key not in keys:
             raise SystemExit(f"error: {flag} {key}: no job has this config key; keys of these jobs: {', '.join(keys)}")
