@@ -73,6 +73,10 @@ RULES: list[Rule] = [
     ("ablation.lambda_disc_reg", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
     ("ablation.afd_form", lambda v: v in ("released", "paper"), "one of released, paper"),
     ("model.z_dist", lambda v: v in ("normal", "uniform"), "one of normal, uniform"),
+    # Interpolated into the nets (in_channels, image_size, cond_dim): named here under the key the user sets.
+    ("dataset.image_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("dataset.channels", lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("model.nz", lambda v: _is_int(v) and v >= 1, "a positive integer"),
 ]
 
 

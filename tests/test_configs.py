@@ -321,3 +321,52 @@ def test_groups_that_do_not_fit_together_fail_by_name():
     cfg = compose_cfg(["dataset=mnist", "net=mlp"])  # the 2-D MLP needs dataset.data_dim
     with pytest.raises(ConfigError, match=r"^net: the config does not resolve.*dataset.data_dim"):
         validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["dataset=digits", "net=unet_small", "dataset.image_size=abc"],
+         "dataset.image_size='abc' is invalid: expected a positive integer"),
+        (["dataset=digits", "net=unet_small", "dataset.channels=0"],
+         "dataset.channels=0 is invalid: expected a positive integer"),
+        (["model=siddm", "net=mlp_gen", "model.nz=abc"], "model.nz='abc' is invalid: expected a positive integer"),
+    ],
+)
+def test_values_the_nets_are_built_from_name_their_own_key(overrides, expected):
+    """dataset.image_size / dataset.channels / model.nz reach the nets by interpolation: a bad value is
+    reported under the key the user set, before anything is built."""
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(overrides))
+    assert str(e.value) == expected
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["net.hidden=abc"], "net.hidden='abc' is invalid: expected an integer >= 1"),
+        (["net.num_layers=0"], "net.num_layers=0 is invalid: expected an integer >= 1"),
+        (["dataset=digits", "net=unet_small", "net.channel_mult=[1,2,2,2,2]"],
+         "net.image_size=8 is not divisible by 2**(len(net.channel_mult)-1)=16"),
+        (["dataset=digits", "net=unet_small", "net.ch=48"], "net.ch=48 with net.channel_mult=[1, 2] gives a block"),
+        (["dataset=digits", "net=unet_small", "net.dropout=2"],
+         "net.dropout=2 is invalid: expected a number in [0, 1)"),
+        (["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "discriminator.hidden=abc"],
+         "discriminator.hidden='abc' is invalid: expected an integer >= 1"),
+        (["model=siddm_image", "dataset=digits", "net=unet_small", "+net.cond_dim=${model.nz}",
+          "discriminator=conv", "discriminator.channel_mult=abc", "schedule=ddgan_vp", "diffusion.steps=4"],
+         "discriminator.channel_mult='abc' is invalid"),
+    ],
+)
+def test_bad_net_values_are_one_line_user_errors(overrides, expected, capsys):
+    """Through Hydra's instantiate (InstantiationException) the nets' ConfigError reaches the user as one
+    `error:` line and exit status 2."""
+    from siddm_lab.cli.common import user_errors
+
+    cfg = compose_cfg(overrides)
+    validate(cfg)
+    with pytest.raises(SystemExit) as e:
+        user_errors(lambda: instantiate(cfg.model))()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err

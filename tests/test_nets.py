@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from siddm_lab.nets import TimeMLP, UNet
+from siddm_lab.errors import ConfigError
+from siddm_lab.nets import ConvDiscriminator, MLPDiscriminator, SkipMLPGenerator, TimeDiscriminator, TimeMLP, UNet
 from siddm_lab.nets.embeddings import sinusoidal_embedding
 
 
@@ -83,3 +84,63 @@ def test_unet_adaptive_group_norm_conditioning():
 def test_unet_rejects_indivisible_size():
     with pytest.raises(ValueError, match="not divisible"):
         UNet(image_size=30, channel_mult=(1, 2, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "build,expected",
+    [
+        (lambda: TimeMLP(hidden="abc"), "net.hidden='abc' is invalid: expected an integer >= 1"),
+        (lambda: TimeMLP(hidden=True), "net.hidden=True is invalid: expected an integer >= 1"),
+        (lambda: TimeMLP(hidden=32.5), "net.hidden=32.5 is invalid: expected an integer >= 1"),
+        (lambda: TimeMLP(num_layers=0), "net.num_layers=0 is invalid: expected an integer >= 1"),
+        (lambda: TimeMLP(time_dim=1), "net.time_dim=1 is invalid: expected an integer >= 2"),
+        (lambda: TimeMLP(cond_dim=-1), "net.cond_dim=-1 is invalid: expected an integer >= 0"),
+        (lambda: TimeMLP(time_scale="x"), "net.time_scale='x' is invalid: expected a positive number"),
+        (lambda: SkipMLPGenerator(hidden=0), "net.hidden=0 is invalid: expected an integer >= 1"),
+        (lambda: SkipMLPGenerator(time_dim=2), "net.time_dim=2 is invalid: expected an integer >= 4"),
+        (lambda: UNet(ch="abc"), "net.ch='abc' is invalid: expected an integer >= 1"),
+        (lambda: UNet(channel_mult="12"),
+         "net.channel_mult='12' is invalid: expected a non-empty list of integers >= 1"),
+        (lambda: UNet(channel_mult=[]), "net.channel_mult=[] is invalid: expected a non-empty list of integers >= 1"),
+        (lambda: UNet(channel_mult=[1, 0]), "net.channel_mult=[1, 0] is invalid"),
+        (lambda: UNet(num_res_blocks=-1), "net.num_res_blocks=-1 is invalid: expected an integer >= 0"),
+        (lambda: UNet(attn_resolutions=16), "net.attn_resolutions=16 is invalid: expected a list of integers >= 1"),
+        (lambda: UNet(dropout=1.5), "net.dropout=1.5 is invalid: expected a number in [0, 1)"),
+        (lambda: UNet(image_size="32"), "net.image_size='32' is invalid: expected an integer >= 1"),
+        (lambda: UNet(in_channels=0), "net.in_channels=0 is invalid: expected an integer >= 1"),
+        (lambda: UNet(image_size=30, channel_mult=(1, 2, 2, 2)),
+         "net.image_size=30 is not divisible by 2**(len(net.channel_mult)-1)=8"),
+        (lambda: UNet(ch=48), "net.ch=48 with net.channel_mult=[1, 2, 2] gives a block of 48 channels"),
+        (lambda: UNet(ch=16, channel_mult=(1, 2), attn_resolutions=()),
+         "net.ch=16 with net.channel_mult=[1, 2] gives a block of 48 channels"),
+        (lambda: UNet(ch=32, heads=3), "net.heads=3 does not divide the channels of the attention blocks (64)"),
+        (lambda: UNet(ch=32, heads=3, attn_resolutions=(32,)), "attention blocks (32, 64); allowed: a common divisor"),
+        (lambda: TimeDiscriminator(hidden="abc"), "discriminator.hidden='abc' is invalid: expected an integer >= 1"),
+        (lambda: TimeDiscriminator(num_layers=-1), "discriminator.num_layers=-1 is invalid: expected an integer >= 0"),
+        (lambda: ConvDiscriminator(ch=48), "discriminator.ch=48 with discriminator.channel_mult=[1, 2, 2] gives a "
+                                           "block of 48 channels"),
+        (lambda: ConvDiscriminator(channel_mult="abc"), "discriminator.channel_mult='abc' is invalid"),
+        (lambda: MLPDiscriminator(time_dim=2), "discriminator.time_dim=2 is invalid: expected an integer >= 4"),
+        (lambda: MLPDiscriminator(num_logits=0), "discriminator.num_logits=0 is invalid: expected an integer >= 1"),
+        (lambda: MLPDiscriminator(cond_head=True), "MLPDiscriminator has only the real/fake head"),
+    ],
+)
+def test_bad_hyper_parameters_are_config_errors_naming_the_key(build, expected):
+    """A bad width, depth, multiplier or size is a ConfigError naming the config key, value and what is
+    allowed, raised when the net is built (not a TypeError inside torch, or a reshape error at the first
+    forward pass)."""
+    with pytest.raises(ConfigError) as e:
+        build()
+    assert expected in str(e.value)
+
+
+def test_unet_size_error_says_which_depths_fit():
+    with pytest.raises(ConfigError, match=r"allowed: .*multiple of 16.*at most 4 entries"):
+        UNet(image_size=8, channel_mult=(1, 2, 2, 2, 2), attn_resolutions=())
+
+
+def test_unet_hyper_parameters_that_work_are_accepted():
+    x = torch.randn(2, 1, 8, 8)
+    for kw in ({"ch": 8, "channel_mult": (1, 2)}, {"num_res_blocks": 0}, {"heads": 2}, {"attn_resolutions": None}):
+        net = UNet(**{"image_size": 8, "ch": 32, "channel_mult": (1, 2), "attn_resolutions": (4,), **kw})
+        assert net(x, torch.tensor([1, 2])).shape == x.shape

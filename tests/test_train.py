@@ -234,3 +234,26 @@ def test_wandb_logger_offline_without_credentials(tmp_path, monkeypatch):
     assert any(name.endswith(".wandb") for name in files), files
     media = list(runs[0].rglob("*.png"))
     assert media, "the periodic scatter plots were not logged"
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["diffusion.steps=-4"], "diffusion.steps=-4 is invalid: expected a positive integer"),
+        (["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "ablation.lambda_afd=abc"],
+         "ablation.lambda_afd='abc' is invalid: expected a number >= 0"),
+        (["net.hidden=abc"], "net.hidden='abc' is invalid: expected an integer >= 1"),
+        (["dataset=digits", "net=unet_small", "net.channel_mult=[1,2,2,2,2]"],
+         "net.image_size=8 is not divisible by 2**(len(net.channel_mult)-1)=16"),
+    ],
+)
+def test_cli_user_error_exits_2_with_one_line(tmp_path, args, expected):
+    """A bad config value: exit status 2 and one `error: ...` line naming the key, value and what is
+    allowed, before any work (no run folder content beyond Hydra's), no traceback."""
+    res = _cli(*args, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], res.stderr[-2000:]
+    assert "Traceback" not in out and "Error executing job" not in out, out[-2000:]
+    assert not (tmp_path / "checkpoints").exists()

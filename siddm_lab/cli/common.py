@@ -8,7 +8,9 @@ import logging
 import math
 import netrc
 import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
@@ -20,9 +22,20 @@ log = logging.getLogger("siddm_lab")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+USER_ERROR_STATUS = 2  # as argparse's usage errors; 1 stays for crashes (tracebacks)
+
+
+def _exit_user_error(e: SiddmError) -> NoReturn:
+    log.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    # SystemExit(message) would exit with status 1, the status of a crash: scripts and sweeps tell a
+    # bad input from a bug by the status.
+    raise SystemExit(USER_ERROR_STATUS)
+
+
 def user_errors(fn):
     """Turn the framework's own errors (bad config, data, checkpoint, NaN loss) into a one-line
-    message and exit status 2 instead of a traceback."""
+    message on stderr and exit status 2 instead of a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -34,11 +47,9 @@ def user_errors(fn):
                 cause = cause.__cause__
             if cause is None:
                 raise
-            log.error("%s", cause)
-            raise SystemExit(f"error: {cause}") from None
+            _exit_user_error(cause)
         except SiddmError as e:
-            log.error("%s", e)
-            raise SystemExit(f"error: {e}") from None
+            _exit_user_error(e)
 
     return wrapper
 

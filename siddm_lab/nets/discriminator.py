@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from siddm_lab.nets.checks import check_group_norm, check_int, check_int_list, check_number
 from siddm_lab.nets.embeddings import TimestepEmbedding
 
 
@@ -32,6 +33,11 @@ class TimeDiscriminator(nn.Module):
     def __init__(self, data_dim: int = 2, hidden: int = 256, num_layers: int = 3, time_dim: int = 64,
                  joint: bool = False, cond_head: bool = False, aux_head: bool = False, time_scale: float = 1.0):
         super().__init__()
+        check_int("discriminator.data_dim", data_dim, 1)
+        check_int("discriminator.hidden", hidden, 1)
+        check_int("discriminator.num_layers", num_layers, 0)
+        check_int("discriminator.time_dim", time_dim, 2)  # one sin/cos pair at least
+        check_number("discriminator.time_scale", time_scale, lambda v: v > 0, "a positive number")
         self.joint = joint
         self.time_embed = TimestepEmbedding(time_dim, hidden, scale=time_scale)
         in_dim = data_dim * (2 if joint else 1)
@@ -77,6 +83,12 @@ class ConvDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 32, ch: int = 64, channel_mult=(1, 2, 2),
                  time_dim: int = 128, joint: bool = False, cond_head: bool = False, aux_head: bool = False):
         super().__init__()
+        for key, v in (("in_channels", in_channels), ("image_size", image_size), ("time_dim", time_dim)):
+            check_int(f"discriminator.{key}", v, 1)
+        check_int("discriminator.ch", ch, 2)  # the time embedding's sinusoids: one sin/cos pair at least
+        channel_mult = check_int_list("discriminator.channel_mult", channel_mult, 1)
+        # GroupNorms: before each stage (the stem's ch, then each stage's output but the last) and in the heads
+        check_group_norm("discriminator", ch, channel_mult, [ch] + [ch * m for m in channel_mult[:-1]])
         self.joint = joint
         self.time_embed = TimestepEmbedding(ch, time_dim)
         c_in = in_channels * (2 if joint else 1)

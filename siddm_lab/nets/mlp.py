@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from siddm_lab.nets.checks import check_int, check_number
 from siddm_lab.nets.embeddings import TimestepEmbedding
 
 
@@ -25,8 +26,11 @@ class TimeMLP(nn.Module):
     def __init__(self, data_dim: int = 2, hidden: int = 256, num_layers: int = 3, time_dim: int = 64,
                  cond_dim: int = 0, time_scale: float = 1.0):
         super().__init__()
-        if data_dim < 1 or hidden < 1 or num_layers < 1:
-            raise ValueError("TimeMLP needs data_dim, hidden and num_layers >= 1")
+        for key, v in (("data_dim", data_dim), ("hidden", hidden), ("num_layers", num_layers)):
+            check_int(f"net.{key}", v, 1)
+        check_int("net.time_dim", time_dim, 2)  # one sin/cos pair at least
+        check_int("net.cond_dim", cond_dim, 0)
+        check_number("net.time_scale", time_scale, lambda v: v > 0, "a positive number")
         self.data_dim = data_dim
         self.cond_dim = cond_dim
         self.time_embed = TimestepEmbedding(time_dim, hidden, scale=time_scale)

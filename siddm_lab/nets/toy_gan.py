@@ -19,8 +19,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from siddm_lab.errors import ConfigError
+from siddm_lab.nets.checks import check_int, check_number
 from siddm_lab.nets.discriminator import DiscriminatorOutput
 from siddm_lab.nets.embeddings import sinusoidal_embedding
+
+# The released embedding's frequency shift of 1 divides by dim/2 - 1: dim >= 4.
+RELEASED_MIN_TIME_DIM = 4
+
+
+def _check(prefix: str, time_dim: int, time_scale: float, **widths: int) -> None:
+    for key, v in widths.items():
+        check_int(f"{prefix}.{key}", v, 1)
+    check_int(f"{prefix}.time_dim", time_dim, RELEASED_MIN_TIME_DIM)
+    check_number(f"{prefix}.time_scale", time_scale, lambda v: v > 0, "a positive number")
 
 
 class ReleasedTimeEmbedding(nn.Module):
@@ -51,8 +63,7 @@ class SkipMLPGenerator(nn.Module):
     def __init__(self, data_dim: int = 2, cond_dim: int = 2, hidden: int = 100, num_layers: int = 3,
                  time_dim: int = 128, time_scale: float = 1000.0):
         super().__init__()
-        if min(data_dim, cond_dim, hidden, num_layers, time_dim) < 1:
-            raise ValueError("SkipMLPGenerator needs data_dim, cond_dim, hidden, num_layers, time_dim >= 1")
+        _check("net", time_dim, time_scale, data_dim=data_dim, cond_dim=cond_dim, hidden=hidden, num_layers=num_layers)
         self.data_dim, self.cond_dim = data_dim, cond_dim
         self.time_embed = ReleasedTimeEmbedding(time_dim, time_scale)
         self.decode = _mlp(data_dim + time_dim + cond_dim, hidden, num_layers, data_dim)
@@ -73,10 +84,10 @@ class MLPDiscriminator(nn.Module):
                  aux_head: bool = False):
         super().__init__()
         if cond_head or aux_head:
-            raise ValueError("MLPDiscriminator has only the real/fake head (the released toy code has no C_ψ or "
-                             "D_aux); use discriminator=mlp for the paper objective's extra heads")
-        if min(data_dim, hidden, num_layers, time_dim, num_logits) < 1:
-            raise ValueError("MLPDiscriminator needs data_dim, hidden, num_layers, time_dim, num_logits >= 1")
+            raise ConfigError("MLPDiscriminator has only the real/fake head (the released toy code has no C_ψ or "
+                              "D_aux); use discriminator=mlp for the paper objective's extra heads")
+        _check("discriminator", time_dim, time_scale, data_dim=data_dim, hidden=hidden, num_layers=num_layers,
+               num_logits=num_logits)
         self.joint, self.data_dim, self.num_logits = joint, data_dim, num_logits
         self.time_embed = ReleasedTimeEmbedding(time_dim, time_scale)
         self.encode = _mlp(2 * data_dim + time_dim, hidden, num_layers, None)

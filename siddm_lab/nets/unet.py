@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from siddm_lab.errors import ConfigError
+from siddm_lab.nets.checks import check_group_norm, check_int, check_int_list, check_number
 from siddm_lab.nets.embeddings import TimestepEmbedding
 
 
@@ -81,6 +83,37 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+def _norm_channels(ch: int, channel_mult: list[int], num_res_blocks: int) -> list[int]:
+    """The channel counts the UNet's GroupNorms see, in the order ``UNet.__init__`` builds them: each
+    ResBlock's input and output (on the way up the input is the level's channels plus its skip's), and
+    the middle blocks'."""
+    counts, skips, cur = [], [ch], ch
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            counts += [cur, ch * mult]
+            cur = ch * mult
+            skips.append(cur)
+        if level != len(channel_mult) - 1:
+            skips.append(cur)
+    counts.append(cur)  # the middle blocks
+    for mult in reversed(channel_mult):
+        for _ in range(num_res_blocks + 1):
+            counts += [cur + skips.pop(), ch * mult]
+            cur = ch * mult
+    return counts
+
+
+def _check_size(image_size: int, channel_mult: list[int]) -> None:
+    factor = 2 ** (len(channel_mult) - 1)
+    if image_size % factor:
+        halvings = (image_size & -image_size).bit_length() - 1  # times image_size can be halved exactly
+        raise ConfigError(
+            f"net.image_size={image_size} is not divisible by 2**(len(net.channel_mult)-1)={factor}: the UNet "
+            f"halves the image {len(channel_mult) - 1} times (net.image_size follows dataset.image_size); allowed: "
+            f"an image size that is a multiple of {factor}, or a net.channel_mult with at most {halvings + 1} "
+            f"entries for this size")
+
+
 class UNet(nn.Module):
     """f(x_t, t[, cond]) -> same shape as x_t.
 
@@ -108,14 +141,26 @@ class UNet(nn.Module):
         cond_dim: int = 0,
     ):
         super().__init__()
+        for key, v in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch), ("heads", heads)):
+            check_int(f"net.{key}", v, 1)
+        if out_channels is not None:
+            check_int("net.out_channels", out_channels, 1)
+        channel_mult = check_int_list("net.channel_mult", channel_mult, 1, non_empty=True)
+        attn_resolutions = check_int_list("net.attn_resolutions", attn_resolutions or [], 1)
+        check_int("net.num_res_blocks", num_res_blocks, 0)
+        check_int("net.cond_dim", cond_dim, 0)
+        check_number("net.dropout", dropout, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        _check_size(image_size, channel_mult)
+        check_group_norm("net", ch, channel_mult, _norm_channels(ch, channel_mult, num_res_blocks))
+        # attention: the middle block's, and that of each level whose resolution is in attn_resolutions
+        mid = ch * channel_mult[-1] if num_res_blocks else ch
+        attn_channels = sorted({mid} | {ch * m for level, m in enumerate(channel_mult)
+                                        if image_size // 2**level in attn_resolutions})
+        if any(c % heads for c in attn_channels):
+            raise ConfigError(f"net.heads={heads} does not divide the channels of the attention blocks "
+                              f"({', '.join(map(str, attn_channels))}); allowed: a common divisor of these")
         out_channels = out_channels or in_channels
         levels = len(channel_mult)
-        if image_size % (2 ** (levels - 1)):
-            raise ValueError(
-                f"UNet image_size={image_size} is not divisible by 2**(len(channel_mult)-1)={2 ** (levels - 1)}"
-            )
-        if ch % min(32, ch):
-            raise ValueError(f"UNet ch={ch} must be divisible by the GroupNorm groups")
         self.cond_dim = cond_dim
         emb_dim = 4 * ch
         self.time_embed = TimestepEmbedding(ch, emb_dim)
