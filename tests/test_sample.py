@@ -169,3 +169,28 @@ def test_cli_bad_input(tmp_path):
     assert "does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_cli_refuses_a_checkpoint_whose_config_calls_a_foreign_target(tmp_path):
+    """The stored config is instantiated by Hydra: ``pathlib.Path.touch`` would create a file before
+    the model failed to load. It is refused before anything is called, in one line."""
+    marker = tmp_path / "touched"
+    bad = tmp_path / "payload.ckpt"
+    torch.save({"state_dict": {}, "siddm_config": {"model": {
+        "_target_": "siddm_lab.models.DDPM", "net": {"_target_": "pathlib.Path.touch", "self": str(marker)}}}}, bad)
+    res = subprocess.run([sys.executable, "-m", "siddm_lab.sample", f"ckpt={bad}", f"hydra.run.dir={tmp_path}/run"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "model.net._target_" in res.stderr and "pathlib.Path.touch" in res.stderr, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert not marker.exists()
+
+
+def test_the_stored_dataset_config_is_checked_too(toy_ckpt, tmp_path):
+    """siddm-sample rebuilds the run's datamodule from the stored config as well."""
+    marker = tmp_path / "touched"
+    ckpt = torch.load(toy_ckpt, weights_only=True)
+    ckpt["siddm_config"]["dataset"]["distribution"] = {"_target_": "pathlib.Path.touch", "_args_": [str(marker)]}
+    bad = tmp_path / "payload.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointError, match=r"dataset\.distribution\._target_.*pathlib\.Path\.touch"):
+        run_sample([f"ckpt={bad}", "num_samples=8"], tmp_path)
+    assert not marker.exists()

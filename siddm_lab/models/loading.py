@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from siddm_lab.cli.common import CONF_DIR
 from siddm_lab.errors import CheckpointError
 
 WEIGHTS = ("ema", "raw")
+
+# Targets that earlier versions of conf/ used and that the configs stored in their checkpoints still
+# name (they are never built from a checkpoint, but the whole stored config is checked).
+FORMER_TARGETS = frozenset({"lightning.pytorch.callbacks.ModelCheckpoint"})
+# What a stored config may hold besides mappings and lists: what OmegaConf.to_container writes.
+_PLAIN = (str, int, float, bool, type(None))
 
 
 def load_checkpoint(path, mmap: bool = False) -> dict:
@@ -49,6 +58,75 @@ def _unreadable(path: Path, e: Exception) -> CheckpointError:
                            f"one ({type(e).__name__})")
 
 
+def _conf_targets(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and isinstance(value, str):
+                yield value
+            yield from _conf_targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _conf_targets(value)
+
+
+@functools.cache
+def allowed_targets(conf_dir=CONF_DIR) -> frozenset[str]:
+    """The ``_target_`` values a checkpoint's stored config may name: those of the project's own
+    configs (``conf/**/*.yaml``, which is also where a user's own model config goes), and
+    ``FORMER_TARGETS``. Exact names, never a prefix: ``torch.load`` or ``torch.hub.load`` is no
+    better a target than ``os.system``."""
+    found = {t for p in Path(conf_dir).rglob("*.yaml") for t in _conf_targets(yaml.safe_load(p.read_text()))}
+    return frozenset(t for t in found if "${" not in t) | FORMER_TARGETS
+
+
+def _key(parent: str, key) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def check_stored_config(config, path) -> None:
+    """Refuse a stored run config that could call anything the project's configs do not, before
+    any of it is built: Hydra imports and calls whatever a ``_target_`` names, anywhere in the tree
+    (``_args_`` and lists included). Interpolations are refused too, since resolving one
+    (``${oc.create:...}``, ``_target_: ${key}``) yields what this walk never saw; siddm-train stores
+    the resolved config, so its checkpoints hold none."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"refusing to load {path}: its 'siddm_config' is a {type(config).__name__}, not the "
+                              f"mapping of a run config that siddm-train stores")
+    allowed = allowed_targets()
+    stack = [("", config, frozenset({id(config)}))]  # (key, node, ids of the node and its parents)
+    while stack:
+        parent, node, above = stack.pop()
+        for k, value in node.items() if isinstance(node, dict) else enumerate(node):
+            key = _key(parent, k)
+            if k == "_target_":
+                _check_target(value, key, allowed, path)
+            if isinstance(value, (dict, list, tuple)):
+                if id(value) in above:
+                    raise CheckpointError(f"refusing to load {path}: its stored config contains itself at {key}")
+                stack.append((key, value, above | {id(value)}))
+            elif not isinstance(value, _PLAIN):
+                raise CheckpointError(f"refusing to load {path}: its stored config holds a {type(value).__name__} "
+                                      f"at {key}, where a run config has plain values")
+            elif isinstance(value, str) and "${" in value:
+                raise CheckpointError(f"refusing to load {path}: its stored config holds an interpolation at {key} "
+                                      f"({value!r}); siddm-train stores the resolved config, which has none")
+
+
+def _check_target(value, key: str, allowed: frozenset[str], path) -> None:
+    if not isinstance(value, str):
+        raise CheckpointError(f"refusing to load {path}: its stored config sets {key} to a {type(value).__name__} "
+                              f"({value!r}); a target must be a string naming one of the classes or functions "
+                              f"the project's configs use")
+    if value not in allowed:
+        examples = ", ".join(t for t in sorted(allowed) if t.startswith(("siddm_lab.models.", "torch.")))
+        raise CheckpointError(
+            f"refusing to load {path}: its stored config sets {key}={value!r}, which no config of the project "
+            f"uses, so nothing was built. Allowed: the {len(allowed)} _target_ values of the configs in {CONF_DIR} "
+            f"(e.g. {examples}); a class of your own is allowed once a config there names it")
+
+
 def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", member: int | None = None):
     """(model, run_config) from a checkpoint; ``weights`` = ema (the averaged weights, the
     checkpoint's ``state_dict``) or raw (``current_model_state``). A checkpoint of an ensemble
@@ -56,6 +134,7 @@ def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", m
     if weights not in WEIGHTS:
         raise CheckpointError(f"weights={weights!r} is unknown; allowed: {', '.join(WEIGHTS)}")
     ckpt = load_checkpoint(path)
+    check_stored_config(ckpt["siddm_config"], path)
     cfg = OmegaConf.create(ckpt["siddm_config"])
     state = ckpt["state_dict"]
     if weights == "raw":
