@@ -7,6 +7,7 @@ import gzip
 import math
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -988,3 +989,100 @@ def test_balanced_grid_has_equal_modes_in_random_order():
     assert torch.equal(torch.bincount(nearest, minlength=25), torch.full((25,), 100))
     assert len(set(nearest[:50].tolist())) > 10  # not in mode order
     assert float((x - grid.centers[nearest]).abs().max()) <= 1.0  # offsets clamped to [-1, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders: the test split is never the training images unless asked for
+# --------------------------------------------------------------------------------------------
+
+
+def _flat_folder(root: Path, n: int = 20) -> Path:
+    for i in range(n):  # image i is filled with the value 10 * i: the pixels tell which file it was
+        _png(root / ("a" if i % 2 else "b") / f"{i:02d}.png", np.full((8, 8, 3), 10 * i, np.uint8))
+    return root
+
+
+def test_image_folder_without_test_split_is_an_error_not_the_training_images(tmp_path):
+    root = _flat_folder(tmp_path / "imgs")
+    x, _ = read_image_folder(root, "train", image_size=8)
+    assert len(x) == 20  # a flat folder is the training split
+    with pytest.raises(DataError) as e:
+        read_image_folder(root, "test", image_size=8)
+    msg = str(e.value)
+    assert str(root) in msg and "<root>/train/" in msg and "<root>/test/" in msg, msg
+    assert "dataset.reader.test_fraction" in msg and "dataset.reader.test_from_train" in msg, msg
+    _png(tmp_path / "split" / "train" / "a" / "1.png", np.zeros((8, 8, 3), np.uint8))  # train/ but no test/
+    with pytest.raises(DataError, match=r"no test/ sub-folder"):
+        read_image_folder(tmp_path / "split", "test", image_size=8)
+
+
+def test_image_datamodule_on_a_flat_folder_fails_before_training(tmp_path):
+    root = _flat_folder(tmp_path / "imgs")
+    dm = ImageDataModule(functools.partial(read_image_folder, root, image_size=8), batch_size=4, val_size=4)
+    with pytest.raises(DataError, match="no test split"):
+        dm.setup()
+
+
+def test_image_folder_test_fraction_holds_out_a_fixed_disjoint_part(tmp_path):
+    root = _flat_folder(tmp_path / "imgs")
+    read = functools.partial(read_image_folder, root, image_size=8, channels=1, test_fraction=0.25)
+    (xtr, _), (xte, yte) = read(split="train"), read(split="test")
+    assert len(xtr) == 15 and len(xte) == 5
+    train_ids, test_ids = {int(v) // 10 for v in xtr[:, 0, 0, 0]}, {int(v) // 10 for v in xte[:, 0, 0, 0]}
+    assert not train_ids & test_ids and train_ids | test_ids == set(range(20))
+    assert all(y == (i % 2 == 0) for i, y in zip(sorted(test_ids), yte[np.argsort(xte[:, 0, 0, 0])]))  # a=0, b=1
+    np.testing.assert_array_equal(read(split="test")[0], xte)  # the same images every time
+    # with train/ but no test/ the hold-out is taken from train/
+    for i in range(4):
+        _png(tmp_path / "split" / "train" / f"{i}.png", np.full((8, 8, 3), 10 * i, np.uint8))
+    held = read_image_folder(tmp_path / "split", "test", image_size=8, test_fraction=0.5)[0]
+    kept = read_image_folder(tmp_path / "split", "train", image_size=8, test_fraction=0.5)[0]
+    assert len(held) == len(kept) == 2 and not {int(v) for v in held[:, 0, 0, 0]} & {int(v) for v in kept[:, 0, 0, 0]}
+
+
+def test_image_folder_test_from_train_is_explicit(tmp_path):
+    root = _flat_folder(tmp_path / "imgs")
+    xtr, _ = read_image_folder(root, "train", image_size=8, test_from_train=True)
+    xte, _ = read_image_folder(root, "test", image_size=8, test_from_train=True)
+    np.testing.assert_array_equal(xtr, xte)
+
+
+@pytest.mark.parametrize(
+    "kw,expected",
+    [
+        ({"test_fraction": 1.5}, "dataset.reader.test_fraction=1.5 is invalid: expected a number in (0, 1)"),
+        ({"test_fraction": "a"}, "dataset.reader.test_fraction='a' is invalid"),
+        ({"test_fraction": 0.9}, "leaves no training image"),
+        ({"test_fraction": 0.01}, "holds out no image"),
+        ({"test_fraction": 0.5, "test_from_train": True}, "not both"),
+    ],
+)
+def test_image_folder_hold_out_options_are_checked(tmp_path, kw, expected):
+    root = _flat_folder(tmp_path / "imgs", n=4)
+    with pytest.raises((ConfigError, DataError), match=re.escape(expected)):
+        read_image_folder(root, "test", image_size=8, **kw)
+
+
+def test_image_folder_with_its_own_test_split_refuses_hold_out_options(tmp_path):
+    _png(tmp_path / "train" / "1.png", np.zeros((8, 8, 3), np.uint8))
+    _png(tmp_path / "test" / "2.png", np.zeros((8, 8, 3), np.uint8))
+    for kw in ({"test_fraction": 0.5}, {"test_from_train": True}):
+        with pytest.raises(ConfigError, match="has its own test/ split"):
+            read_image_folder(tmp_path, "train", image_size=8, **kw)
+
+
+def test_data_messages_name_the_config_keys(tmp_path):
+    """The keys that messages tell the user to set are the keys of conf/dataset/*.yaml."""
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"hello world")
+    for kw in ({"md5": "0" * 32, "size": 11, "verify": "md5"}, {"md5": None, "size": 12, "verify": "size"},
+               {"md5": None, "size": None, "verify": "crc"}):
+        with pytest.raises(DataError) as e:
+            check_file(p, what="X", **kw)
+        assert "dataset.reader.verify" in str(e.value) and "dataset.verify" not in str(e.value)
+    _png(tmp_path / "imgs" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=re.escape("dataset.channels=4 is not supported")):
+        read_image_folder(tmp_path / "imgs", "train", channels=4)
+    reader, _ = _fake_reader(c=1, h=6, w=6)
+    with pytest.raises(ConfigError, match=re.escape("dataset.channels=3, dataset.image_size=None")):
+        ImageDataModule(reader, batch_size=8, channels=3).setup()

@@ -281,7 +281,7 @@ class ImageDataModule(_Base):
         ):
             raise ConfigError(
                 f"dataset '{self.name}' yields images of shape {c}x{h}x{w} but the config declares "
-                f"channels={self.channels}, image_size={self.image_size} (the net is built from these)"
+                f"dataset.channels={self.channels}, dataset.image_size={self.image_size} (the net is built from these)"
             )
         self.train_set = _BatchedTensor(train, _FlipToModelSpace() if self.hflip else _to_model_space)
         self.val_set = _BatchedTensor(val, _to_model_space)

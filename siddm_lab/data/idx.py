@@ -32,20 +32,20 @@ def md5sum(path: Path) -> str:
 def check_file(path: Path, *, md5: str | None, size: int | None, verify: str, what: str) -> None:
     """Raise DataError naming the path when a file is missing or fails its check."""
     if verify not in VERIFY_MODES:
-        raise DataError(f"dataset.verify={verify!r} is unknown; allowed: {', '.join(VERIFY_MODES)}")
+        raise DataError(f"dataset.reader.verify={verify!r} is unknown; allowed: {', '.join(VERIFY_MODES)}")
     if not path.is_file():
         raise DataError(f"{what}: expected the file {path}, which does not exist")
     if verify in ("md5", "size") and size is not None and path.stat().st_size != size:
         raise DataError(
             f"{what}: {path} has {path.stat().st_size} bytes, expected {size}; the file is incomplete "
-            f"or corrupt (set dataset.verify=none to skip this check on non-official files)"
+            f"or corrupt (set dataset.reader.verify=none to skip this check on non-official files)"
         )
     if verify == "md5" and md5 is not None:
         got = md5sum(path)
         if got != md5:
             raise DataError(
                 f"{what}: {path} has md5 {got}, expected {md5}; the file is corrupt or not the official "
-                f"release (set dataset.verify=none to skip this check on non-official files)"
+                f"release (set dataset.reader.verify=none to skip this check on non-official files)"
             )
 
 

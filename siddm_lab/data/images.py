@@ -6,6 +6,7 @@ for torchvision works here:
 
 * MNIST: ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
 * CIFAR-10: ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch}``
+* image folders: ``<root>/{train,test}/...``, or one folder of training images (``read_image_folder``)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from siddm_lab.data.idx import check_file, read_idx
-from siddm_lab.errors import DataError
+from siddm_lab.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")
 
@@ -133,9 +134,20 @@ def read_digits(root=None, split: str = "train", verify: str = "none", test_frac
     return images[idx], labels[idx]
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def read_image_folder(root, split: str = "train", verify: str = "none", image_size: int = 64,
-                      channels: int = 3):
-    """Images under ``<root>/<split>/`` if that exists, else under ``<root>`` (recursively).
+                      channels: int = 3, test_fraction: float | None = None, test_from_train: bool = False):
+    """Images of one split of a folder: ``<root>/<split>/`` when ``<root>/test/`` exists.
+
+    A folder without ``test/`` (flat, or ``train/`` alone) is the training split only; evaluation and the
+    validation loss read the test split, and reading it from the training images would make them look
+    better than the model is. So its test split is either ``test_fraction`` of it, held out (the same
+    images every run, left out of training), or, with ``test_from_train``, the training images
+    themselves (as FID on CelebA-HQ is often reported against the training set); without either option
+    the test split is a DataError.
 
     Sub-folder names become class labels (ImageFolder convention); images are resized on the
     short side and centre-cropped to ``image_size``.
@@ -144,16 +156,44 @@ def read_image_folder(root, split: str = "train", verify: str = "none", image_si
 
     _check_split(split)
     base = _root(root)
-    if (base / split).is_dir():
-        base = base / split
-    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if test_fraction is not None and (isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float))
+                                      or not 0 < test_fraction < 1):
+        raise ConfigError(f"dataset.reader.test_fraction={test_fraction!r} is invalid: expected a number in (0, 1) "
+                          f"or null")
+    if test_fraction is not None and test_from_train:
+        raise ConfigError("dataset.reader.test_fraction and dataset.reader.test_from_train: set one, not both")
+    holds_out = test_fraction is not None or test_from_train
+    if (base / "test").is_dir():
+        if holds_out:
+            raise ConfigError(f"image folder {base} has its own test/ split: dataset.reader.test_fraction and "
+                              f"dataset.reader.test_from_train apply to a folder without one; leave them unset")
+        pool = base / split
+        if not pool.is_dir():
+            raise DataError(f"image folder {base} has a test/ sub-folder but no {split}/ sub-folder; expected "
+                            f"<root>/train/... and <root>/test/...")
+    else:
+        pool = base / "train" if (base / "train").is_dir() else base
+        if split == "test" and not holds_out:
+            raise DataError(
+                f"image folder {base} has no test split (no test/ sub-folder): expected <root>/train/... and "
+                f"<root>/test/...; without test/ the folder is the training split only. Set "
+                f"++dataset.reader.test_fraction=0.05 to hold out a fixed 5 % of its images as the test split, or "
+                f"++dataset.reader.test_from_train=true to evaluate against the training images")
+    files = _image_files(pool)
     if not files:
-        raise DataError(f"image folder {base} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    classes = sorted({p.parent.relative_to(base).as_posix() for p in files})
+        raise DataError(f"image folder {pool} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    classes = sorted({p.parent.relative_to(pool).as_posix() for p in files})
     class_idx = {c: i for i, c in enumerate(classes)}
+    if test_fraction is not None:
+        n_test = int(round(len(files) * test_fraction))
+        if not 0 < n_test < len(files):
+            raise DataError(f"dataset.reader.test_fraction={test_fraction} of the {len(files)} images in {pool} "
+                            + ("holds out no image" if n_test == 0 else "leaves no training image"))
+        held_out = set(np.random.default_rng(0).permutation(len(files))[:n_test].tolist())
+        files = [p for i, p in enumerate(files) if (i in held_out) == (split == "test")]
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
-        raise DataError(f"image folder: channels={channels} is not supported; allowed: 1, 3")
+        raise DataError(f"image folder: dataset.channels={channels} is not supported; allowed: 1, 3")
     out = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)
     labels = np.empty(len(files), dtype=np.int64)
     for i, p in enumerate(files):
@@ -170,7 +210,7 @@ def read_image_folder(root, split: str = "train", verify: str = "none", image_si
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"image folder: cannot read {p} ({e})") from e
         out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-        labels[i] = class_idx[p.parent.relative_to(base).as_posix()]
+        labels[i] = class_idx[p.parent.relative_to(pool).as_posix()]
     return out, labels
 
 
