@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 
 from tests.conftest import CONF_DIR
@@ -31,6 +32,19 @@ def run_train(overrides: list[str], output_dir: Path):
 
     cfg = compose_cfg(FAST + overrides, output_dir)
     return train(cfg), cfg
+
+
+class FailAt(Callback):
+    """Raises at the start of training step ``step`` on rank ``rank`` (every rank when null): a crash
+    injected into a real run, added with ``+callbacks.fail._target_=tests.helpers.FailAt
+    +callbacks.fail.step=N [+callbacks.fail.rank=R]``."""
+
+    def __init__(self, step: int, rank: int | None = None):
+        self.step, self.rank = int(step), rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
+            raise RuntimeError(f"injected failure on rank {trainer.global_rank} at step {self.step}")
 
 
 def use_float64_schedule(scheduler, diffusion):

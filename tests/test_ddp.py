@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -80,6 +81,40 @@ def test_ddp_rank_failure_fails_the_job(tmp_path):
              "model.optimizer.lr=1e30", "trainer.val_check_interval=8", f"hydra.run.dir={tmp_path}", timeout=300)
     assert r.returncode != 0
     assert "is nan" in (r.stderr + r.stdout).lower() or "non-finite" in (r.stderr + r.stdout).lower()
+
+
+def _cli_bounded(*args, timeout: int):
+    """The CLI in its own process group; a run still going after ``timeout`` seconds (a rank left
+    waiting in a collective) has the whole group killed and fails the test instead of hanging it."""
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "siddm_lab.train", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the run was still going after {timeout} s (killed): {(out + err)[-3000:]}")
+    # a rank orphaned by its launcher would keep the pipes open; communicate() returned, so none is left
+    return proc.returncode, out + err
+
+
+@pytest.mark.parametrize("trainer,rank", [("ddp_cpu", 1), ("ddp_cpu", 0), ("ddp_spawn_cpu", 1)])
+def test_one_failing_rank_ends_the_job_with_its_error(tmp_path, trainer, rank):
+    """One rank raises alone at step 25 while the other waits for it in the gradient all-reduce: the
+    job exits non-zero with that rank's error, writes no on-exception checkpoint (a checkpoint is
+    saved by all ranks together, which the waiting rank cannot join) and keeps last.ckpt."""
+    rc, out = _cli_bounded("model=ddpm", *TINY, "diffusion.steps=50", f"trainer={trainer}", "trainer.max_steps=40",
+                           "trainer.val_check_interval=20", "model.eval_num_samples=0",
+                           "+callbacks.fail._target_=tests.helpers.FailAt", "+callbacks.fail.step=25",
+                           f"+callbacks.fail.rank={rank}", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert rc != 0, out[-3000:]
+    assert f"injected failure on rank {rank} at step 25" in out, out[-3000:]
+    assert "no on_exception.ckpt" in out, out[-3000:]
+    assert not (tmp_path / "checkpoints" / "on_exception.ckpt").exists()
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 20
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):

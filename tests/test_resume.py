@@ -130,3 +130,73 @@ def test_resuming_from_a_checkpoint_with_pickled_objects_is_refused(tmp_path, ho
     ckpt = str(bad) if how == "file" else "last"
     with pytest.raises(CheckpointError, match="refusing to load"):
         run_train(BASE + MODELS["ddpm"] + ["trainer.max_steps=4", f"ckpt_path={ckpt}"], tmp_path)
+
+
+SMALL = BASE + ["diffusion.steps=50", "trainer.max_steps=4", "model.eval_num_samples=0"]
+
+
+def _files(folder) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("left", ["checkpoints and metrics", "checkpoints", "metrics"])
+def test_a_fresh_run_into_an_earlier_runs_folder_is_refused_and_touches_nothing(tmp_path, left):
+    """Without ckpt_path a run is fresh: in a folder holding an earlier run's checkpoints or metrics
+    it would resume from them (whatever its T) and overwrite the results."""
+    from siddm_lab.errors import CheckpointError
+
+    run_train(SMALL, tmp_path)
+    if left == "checkpoints":
+        (tmp_path / "metrics.json").unlink()
+    elif left == "metrics":
+        for p in (tmp_path / "checkpoints").iterdir():
+            p.unlink()
+    before = _files(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        run_train(SMALL + ["diffusion.steps=10"], tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "ckpt_path=last" in msg and "hydra.run.dir" in msg, msg
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("diffusion.steps=10", ["diffusion.steps: checkpoint 50, now 10"]),
+    ("net.hidden=16", ["model.net.hidden: checkpoint 32, now 16"]),
+    ("model.optimizer.lr=0.01", ["model.optimizer.lr: checkpoint 0.0002, now 0.01"]),
+])
+def test_a_resume_that_changes_the_model_or_process_is_refused(tmp_path, change, expected):
+    """Resuming with another T, net or optimiser is refused before training, naming the keys and
+    both values (a changed net was a size-mismatch traceback, another T a silent resume); the
+    folder keeps its checkpoints and gets no step-0 on_exception.ckpt."""
+    from siddm_lab.errors import CheckpointError
+
+    run_train(SMALL, tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        run_train(SMALL + ["trainer.max_steps=8", change, "ckpt_path=last"], tmp_path)
+    msg = str(e.value)
+    assert "cannot resume" in msg and "last.ckpt" in msg, msg
+    for text in expected:
+        assert text in msg, msg
+    assert _files(tmp_path) == before
+
+
+def test_a_resume_may_train_longer_and_change_evaluation_and_logging(tmp_path):
+    run_train(SMALL, tmp_path)
+    metrics, _ = run_train(SMALL + ["trainer.max_steps=8", "model.eval_num_samples=32", "model.log_every_n_steps=2",
+                                    "eval.num_samples=100", "ckpt_path=last"], tmp_path)
+    assert metrics["global_step"] == 8
+
+
+def test_an_exception_before_the_first_iteration_writes_no_checkpoint(tmp_path):
+    """A run that fails before completing an iteration has nothing to resume from: an on-exception
+    checkpoint of the untrained net would be what a later ckpt_path=last resumes from."""
+    fail = ["+callbacks.fail._target_=tests.helpers.FailAt"]
+    with pytest.raises(RuntimeError, match="injected failure on rank 0 at step 0"):
+        run_train(SMALL + fail + ["+callbacks.fail.step=0"], tmp_path / "at0")
+    assert not list((tmp_path / "at0").rglob("*.ckpt"))
+    # after an iteration a crash still keeps the state it reached
+    with pytest.raises(RuntimeError, match="injected failure on rank 0 at step 3"):
+        run_train(SMALL + fail + ["+callbacks.fail.step=3"], tmp_path / "at3")
+    ckpt = torch.load(tmp_path / "at3" / "checkpoints" / "on_exception.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 3

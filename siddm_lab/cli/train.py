@@ -31,8 +31,8 @@ from siddm_lab.cli.common import (
     write_resolved_config,
 )
 from siddm_lab.config import validate
-from siddm_lab.errors import CheckpointError, ConfigError
-from siddm_lab.models.loading import load_checkpoint
+from siddm_lab.errors import ConfigError
+from siddm_lab.resume import resolve_ckpt_path
 
 
 def _eval_steps(cfg: DictConfig, model) -> list:
@@ -108,33 +108,6 @@ def build_model(cfg: DictConfig, datamodule):
     return type(models[0]).stack(models, seeds)
 
 
-def resolve_ckpt_path(ckpt_path, ckpt_dir: Path):
-    """``None`` (fresh run), ``"last"`` (newest of last.ckpt / on_exception.ckpt in this run's
-    folder, chosen by Lightning) or a checkpoint file."""
-    existing = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
-    if ckpt_path is None:
-        if existing:
-            log.warning("%s already holds checkpoints: resuming from the newest (Lightning's default "
-                        "with an on-exception checkpoint)", ckpt_dir)
-        # Lightning resolves None to "last" when OnExceptionCheckpoint is present; nothing to load
-        # in a fresh run folder, which it would announce with a warning.
-        warnings.filterwarnings("ignore", message=".*ckpt_path=None.. was called without a model.*")
-        warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
-        return None
-    if ckpt_path == "last":
-        if not existing:
-            raise CheckpointError(f"ckpt_path=last but {ckpt_dir} holds no checkpoint; resume a run by "
-                                  f"pointing hydra.run.dir at its folder, or give ckpt_path=<file.ckpt>")
-        for candidate in (ckpt_dir / "last.ckpt", ckpt_dir / "on_exception.ckpt"):
-            if candidate.is_file():
-                load_checkpoint(candidate, mmap=True)  # refuses pickled objects, names corrupt files
-        return "last"
-    if not Path(ckpt_path).is_file():
-        raise CheckpointError(f"ckpt_path={ckpt_path} does not exist (give a .ckpt file, or 'last')")
-    load_checkpoint(ckpt_path, mmap=True)
-    return str(ckpt_path)
-
-
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -194,6 +167,7 @@ def train(cfg: DictConfig) -> dict:
     warnings.filterwarnings("ignore", message=".*Using ModelCheckpoint with manual optimization.*")
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg, out_dir)  # before anything is written to out_dir
     if rank_zero_only.rank == 0:  # DDP ranks started by re-running the command share the folder
         write_resolved_config(cfg, out_dir)
 
@@ -204,8 +178,6 @@ def train(cfg: DictConfig) -> dict:
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, build_callbacks(cfg, has_logger=bool(loggers)), loggers, model)
-
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir / "checkpoints")
 
     t0 = time.perf_counter()
     _sigusr1_as_sigterm()
