@@ -28,24 +28,23 @@ sys.path.insert(0, str(ROOT))
 
 from siddm_lab.cli.collect import QUALITY_RULE, reaches_quality  # noqa: E402
 from siddm_lab.cli.sample import _datamodule  # noqa: E402
-from siddm_lab.models.base import sampler_and_timesteps  # noqa: E402
+from siddm_lab.diffusion import build_sampler  # noqa: E402
 from siddm_lab.models.loading import load_model  # noqa: E402
 
 
-def run_case(model, dm, sampling: dict, n: int, repeats: int, seed: int, batch_size: int) -> dict:
-    sampler, timesteps = sampler_and_timesteps(model.diffusion, sampling)
-    model.sample(min(n, 256), generator=torch.Generator().manual_seed(seed), sampler=sampler,
-                 timesteps=timesteps, batch_size=batch_size)  # warm-up
+def run_case(model, dm, sampler, n: int, repeats: int, seed: int, batch_size: int) -> dict:
+    model.sample(min(n, 256), sampler, generator=torch.Generator().manual_seed(seed),
+                 batch_size=batch_size)  # warm-up
     best, samples = float("inf"), None
     for _ in range(repeats):
         g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
-        samples = model.sample(n, generator=g, sampler=sampler, timesteps=timesteps, batch_size=batch_size)
+        samples = model.sample(n, sampler, generator=g, batch_size=batch_size)
         if samples.is_cuda:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     metrics = dm.evaluate(samples)
-    return {"nfe": len(timesteps), "seconds": best, **{k: float(v) for k, v in metrics.items()}}
+    return {"nfe": sampler.nfe, "seconds": best, **{k: float(v) for k, v in metrics.items()}}
 
 
 def main(argv=None):
@@ -65,17 +64,17 @@ def main(argv=None):
     ddpm, cfg = load_model(args.ddpm, "ema", args.device)
     dm = _datamodule(cfg, None)
     T = ddpm.diffusion.num_timesteps
-    plans = [(f"DDPM {T} steps", {"name": "ddpm", "variance_type": "fixed_small", "steps": None}),
-             ("DDIM 50 steps", {"name": "ddim", "eta": 0.0, "steps": 50}),
-             ("DDIM 10 steps", {"name": "ddim", "eta": 0.0, "steps": 10})]
-    for name, sampling in plans:
-        cases.append({"case": name, **run_case(ddpm, dm, sampling, args.num_samples, args.repeats, args.seed,
+    plans = [(f"DDPM {T} steps", build_sampler(ddpm.diffusion, "ddpm", variance_type="fixed_small")),
+             ("DDIM 50 steps", build_sampler(ddpm.diffusion, "ddim", eta=0.0, steps=50)),
+             ("DDIM 10 steps", build_sampler(ddpm.diffusion, "ddim", eta=0.0, steps=10))]
+    for name, sampler in plans:
+        cases.append({"case": name, **run_case(ddpm, dm, sampler, args.num_samples, args.repeats, args.seed,
                                                args.batch_size)})
         print(cases[-1], flush=True)
     for path in args.gan:
         model, cfg = load_model(path, "ema", args.device)
         name = f"{type(model).__name__}{'' if model.mode == 'siddm' else ' (ddgan)'} T={model.diffusion.num_timesteps}"
-        cases.append({"case": name, "ckpt": path, **run_case(model, _datamodule(cfg, None), dict(model.sampling),
+        cases.append({"case": name, "ckpt": path, **run_case(model, _datamodule(cfg, None), model.default_sampler(),
                                                              args.num_samples, args.repeats, args.seed,
                                                              args.batch_size)})
         print(cases[-1], flush=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from siddm_lab.diffusion import PREDICTION_TYPES, SAMPLERS, SCHEDULES, SUBSEQUENCES, VARIANCE_TYPES
+from siddm_lab.diffusion import PREDICTION_TYPES, SCHEDULES, SUBSEQUENCES, VARIANCE_TYPES
 from siddm_lab.errors import ConfigError
 
 _MISSING = object()
@@ -46,19 +46,12 @@ RULES: list[Rule] = [
     ("schedule.beta_start", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
     ("schedule.beta_end", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
     ("model.prediction_type", lambda v: v in PREDICTION_TYPES, f"one of {', '.join(PREDICTION_TYPES)}"),
-    ("model.sampling.name", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
-    ("model.sampling.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
-    ("model.sampling.eta", _eta_ok, "a number >= 0 or 'sigma_hat'"),
-    ("model.sampling.subsequence.name", lambda v: v in SUBSEQUENCES, f"one of {', '.join(SUBSEQUENCES)}"),
-    ("sampler.name", lambda v: v in (*SAMPLERS, "generator"), f"one of {', '.join(SAMPLERS)}, generator"),
     ("sampler.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
     ("sampler.eta", _eta_ok, "a number >= 0 or 'sigma_hat'"),
     ("sampler.clip_x0", lambda v: v is None or (_is_num(v) and v > 0), "null or a positive number"),
     ("subsequence.name", lambda v: v in SUBSEQUENCES, f"one of {', '.join(SUBSEQUENCES)}"),
     ("num_samples", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("model.sampling.clip_x0", lambda v: v is None or (_is_num(v) and v > 0), "null or a positive number"),
-    ("model.sampling.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("model.eval_num_samples", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     ("model.optimizer.lr", lambda v: _is_num(v) and v > 0, "a positive number"),
     ("dataset.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
@@ -111,7 +104,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"seeds={seeds!r} is invalid: expected a list of distinct non-negative integers "
                               f"(one ensemble member per seed), or null")
     T = _get(cfg, "diffusion.steps")
-    for key in ("model.sampling.steps", "sampler.steps"):
+    for key in ("sampler.steps",):
         steps = _get(cfg, key)
         if steps is _MISSING or steps is None:
             continue

@@ -132,14 +132,14 @@ def test_callback_options(option, tmp_path):
     cbs = build_callbacks(cfg)
     names = {type(c).__name__ for c in cbs}
     if option == "default":
-        assert {"PeriodicCheckpoint", "EMA", "OnExceptionCheckpoint"} <= names
+        assert {"PeriodicCheckpoint", "EMA", "ExceptionCheckpoint"} <= names
     else:
         assert cbs == []
 
 
 def _entry(option: str) -> str:
-    """Experiments that select a sampler are sweeps of siddm-sample; the others of siddm-train."""
-    return "sample" if "override /sampler" in (CONF_DIR / "experiment" / f"{option}.yaml").read_text() else "train"
+    """Experiments documented as siddm-sample sweeps compose with sample.yaml; the others with train.yaml."""
+    return "sample" if "siddm-sample -m" in (CONF_DIR / "experiment" / f"{option}.yaml").read_text() else "train"
 
 
 @pytest.mark.parametrize("option", options("experiment"))
@@ -179,25 +179,30 @@ def test_subsampling_rows(row, name, steps):
 
 @pytest.mark.parametrize("option", options("sampler"))
 def test_sampler_options(option):
+    """Every sampler option instantiates to a sampler object bound to a process."""
+    from siddm_lab.diffusion import GaussianDiffusion
+
     cfg = compose_sample([f"sampler={option}", "ckpt=x.ckpt"])
     validate(cfg)
-    if option == "generator":  # a diffusion GAN's own chain (tests/test_ensemble.py samples with it)
-        return
-    from siddm_lab.diffusion import GaussianDiffusion, build_sampler
-
     d = GaussianDiffusion.from_schedule("linear", 100)
-    assert build_sampler(d, cfg.sampler.name, cfg.sampler.variance_type, cfg.sampler.eta) is not None
+    sampler = instantiate(cfg.sampler)(diffusion=d)
+    assert sampler.nfe >= 1 and sampler.settings()["sampler"] == sampler.name
 
 
 @pytest.mark.parametrize("option", options("subsequence"))
 def test_subsequence_options(option):
-    from siddm_lab.models.base import sampler_and_timesteps
+    """Every sub-sequence option gives a decreasing plan in 0..T-1 through the sampler; a spacing takes
+    S = sampler.steps, the fixed sequences their own length (sampler.steps=null)."""
+    from siddm_lab.diffusion.subsequences import SPACINGS
 
-    cfg = compose_sample([f"subsequence={option}", "ckpt=x.ckpt", "sampler.steps=10"])
+    steps = 10 if option in SPACINGS else "null"
+    cfg = compose_sample([f"subsequence={option}", "ckpt=x.ckpt", f"sampler.steps={steps}"])
     validate(cfg)
     d = GaussianDiffusion.from_schedule("linear", 1000)
-    _, ts = sampler_and_timesteps(d, dict(cfg.sampler), dict(cfg.subsequence))
+    ts = instantiate(cfg.sampler)(diffusion=d).timesteps
     assert ts == sorted(ts, reverse=True) and 0 <= ts[-1] and ts[0] < 1000
+    if option in SPACINGS:
+        assert len(ts) <= 11
 
 
 def test_bad_sampler_values_name_the_key():
@@ -225,14 +230,14 @@ def test_unknown_group_option_lists_allowed():
         ("diffusion.steps=abc", "diffusion.steps"),
         ("diffusion.steps=0", "diffusion.steps"),
         ("model.prediction_type=score", "model.prediction_type"),
-        ("model.sampling.variance_type=learned", "model.sampling.variance_type"),
+        ("sampler.variance_type=learned", "sampler.variance_type"),
         ("dataset.batch_size=0", "dataset.batch_size"),
         ("dataset.batch_size=1.5", "dataset.batch_size"),
         ("trainer.max_steps=-5", "trainer.max_steps"),
         ("model.optimizer.lr=-1", "model.optimizer.lr"),
         ("eval.num_samples=1", "eval.num_samples"),
-        ("model.sampling.steps=1001", "model.sampling.steps"),
-        ("model.sampling.steps=0", "model.sampling.steps"),
+        ("sampler.steps=1001", "sampler.steps"),
+        ("sampler.steps=0", "sampler.steps"),
         ("schedule.beta_start=2", "schedule.beta_start"),
         ("seed=-3", "seed"),
     ],
@@ -247,8 +252,8 @@ def test_invalid_values_name_the_key(override, key):
 
 
 def test_eval_steps_larger_than_schedule_message():
-    cfg = compose_cfg(["model.sampling.steps=5000"])
-    with pytest.raises(ConfigError, match=r"model.sampling.steps=5000 is larger than the schedule.*1\.\.1000"):
+    cfg = compose_cfg(["sampler.steps=5000"])
+    with pytest.raises(ConfigError, match=r"sampler.steps=5000 is larger than the schedule.*1\.\.1000"):
         validate(cfg)
 
 
@@ -265,7 +270,8 @@ def test_model_options_instantiate(option):
     cfg = compose_cfg(overrides)
     validate(cfg)
     model = instantiate(cfg.model)
-    assert type(model).__name__ == {"ddpm": "DDPM", "ddim": "DDIM"}.get(option, "SIDDM")
+    assert type(model).__name__ == {"ddpm": "DDPM", "ddim": "DDIM", "ddpm_gan": "DDPM"}.get(option, "SIDDM")
+    assert (model.discriminator is not None) == (gan or option == "ddpm_gan")
     if gan:
         objective = {"ddgan": "DDGANLoss", "ddgan_image": "DDGANLoss", "siddm_released": "SIDDMReleasedLoss"}
         assert type(model.objective).__name__ == objective.get(option, "SIDDMLoss")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from siddm_lab.diffusion import GeneratorChain
 from siddm_lab.errors import CheckpointError
 from siddm_lab.nets import EnsembleLinear, SkipMLPGenerator, TimeMLP, UNet, extract_member, stack_members
 from tests.helpers import FAST, run_train
@@ -103,7 +104,7 @@ def test_ensemble_checkpoint_members_and_sampling(tmp_path):
         load_model(ckpt, member=4)
     model, _ = load_model(ckpt, member=5)
     assert model.members is None
-    samples = model.sample(50, generator=torch.Generator().manual_seed(0), steps=3)
+    samples = model.sample(50, GeneratorChain(model.diffusion, 3), generator=torch.Generator().manual_seed(0))
     assert samples.shape == (50, 2)
     info = run_sample([f"ckpt={ckpt}", "member=5", "sampler=generator", "sampler.steps=3", "num_samples=100",
                        "batch_size=100", "device=cpu"], tmp_path / "sample")
@@ -161,8 +162,9 @@ def test_export_a_member_as_a_small_checkpoint_and_verify_it(tmp_path):
     full, _ = load_model(src, member=5)
     assert cfg.seed == 5 and cfg.seeds is None
     g = torch.Generator().manual_seed(1)
-    torch.testing.assert_close(small.sample(64, generator=g, steps=4),
-                               full.sample(64, generator=torch.Generator().manual_seed(1), steps=4))
+    torch.testing.assert_close(small.sample(64, GeneratorChain(small.diffusion, 4), generator=g),
+                               full.sample(64, GeneratorChain(full.diffusion, 4),
+                                           generator=torch.Generator().manual_seed(1)))
     assert export_main(["--verify", str(manifest)]) == 0
     dst.write_bytes(dst.read_bytes()[:-10])
     assert export_main(["--verify", str(manifest)]) == 1

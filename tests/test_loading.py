@@ -210,3 +210,21 @@ def test_a_checkpoint_of_every_model_option_loads(tmp_path, name):
     model, cfg = load_model(ckpt)
     assert cfg.model._target_ == torch.load(ckpt, weights_only=True)["siddm_config"]["model"]["_target_"]
     assert model.global_step_at_save == 2
+
+
+def test_a_checkpoint_of_the_earlier_layout_loads_with_the_same_weights(tmp_path):
+    """Checkpoints written before the sampler group and the generator base (``model.sampling`` in the
+    config, the denoiser saved as ``net.*``) load into today's DDPM with the same weights."""
+    from tests.helpers import run_train
+
+    run_train(["diffusion.steps=20", "net.hidden=16", *_TOY_DATA, "trainer.max_steps=2",
+               "trainer.val_check_interval=2", "model.eval_num_samples=0", "eval.num_samples=16"], tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    old = dict(ckpt)
+    old["state_dict"] = {k.removeprefix("generator."): v for k, v in ckpt["state_dict"].items()}
+    assert any(k.startswith("net.") for k in old["state_dict"])
+    old["siddm_config"]["model"]["sampling"] = {"name": "ddpm", "steps": None, "batch_size": 1000}
+    torch.save(old, tmp_path / "old.ckpt")
+    model, _ = load_model(tmp_path / "old.ckpt")
+    for k, v in ckpt["state_dict"].items():
+        torch.testing.assert_close(model.state_dict()[k], v)

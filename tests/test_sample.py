@@ -50,15 +50,13 @@ def run_sample(overrides, out_dir):
         (["sampler=ddim", "sampler.steps=5", "sampler.eta=sigma_hat"], 5),
         (["sampler=ddpm"], 50),
         (["sampler=ddpm", "sampler.steps=7", "sampler.variance_type=fixed_large", "subsequence=linspace"], 7),
-        (["sampler=ddim", "subsequence=exponential"], 7),  # T=50: 0,1,2,4,8,16,32,49
-        (["sampler=ddim", "subsequence=explicit", "subsequence.timesteps=[49,20,3]"], 3),
+        (["sampler=ddim", "subsequence=exponential", "sampler.steps=null"], 8),  # T=50: 0,1,2,4,8,16,32,49
+        (["sampler=ddim", "subsequence=explicit", "subsequence.timesteps=[49,20,3]", "sampler.steps=null"], 3),
         (["sampler=ddim", "sampler.steps=10", "subsequence=quadratic"], 9),  # one repeat removed
         (["sampler=ddim", "sampler.steps=10", "subsequence=quadratic", "subsequence.keep_duplicates=true"], 10),
     ],
 )
 def test_sample_writes_outputs(toy_ckpt, tmp_path, overrides, nfe):
-    if "subsequence=exponential" in overrides:
-        nfe = 8
     info = run_sample([f"ckpt={toy_ckpt}", "num_samples=64", "batch_size=32", *overrides], tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["nfe"] == nfe == info["nfe"]
@@ -103,7 +101,7 @@ def test_interpolate_and_reconstruct(toy_ckpt, tmp_path):
 
 
 def test_steps_larger_than_schedule(toy_ckpt, tmp_path):
-    with pytest.raises(ConfigError, match=r"sampler.steps=100 is larger than the checkpoint's schedule \(T=50\)"):
+    with pytest.raises(ConfigError, match=r"sampler.steps=100 is larger than the schedule \(T=50\)"):
         run_sample([f"ckpt={toy_ckpt}", "sampler.steps=100"], tmp_path)
 
 
@@ -194,3 +192,35 @@ def test_the_stored_dataset_config_is_checked_too(toy_ckpt, tmp_path):
     with pytest.raises(CheckpointError, match=r"dataset\.distribution\._target_.*pathlib\.Path\.touch"):
         run_sample([f"ckpt={bad}", "num_samples=8"], tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # one step of a spacing is t=0 alone: the reverse process would be skipped
+    (["subsequence=quadratic", "sampler.steps=1"], "single step t=0.*subsequence=trailing"),
+    (["subsequence=uniform", "sampler.steps=1"], "single step t=0"),
+    (["subsequence=linspace", "sampler.steps=1"], "single step t=0"),
+    (["subsequence=leading", "sampler.steps=1"], "single step t=0"),
+    # fixed sequences take no S: a given one was silently ignored while metrics.json recorded it
+    (["subsequence=exponential", "sampler.steps=20"], "'exponential' has its own length.*sampler.steps=null"),
+    (["subsequence=last_k", "subsequence.k=10", "sampler.steps=20"], "'last_k' has its own length"),
+    (["subsequence=explicit", "subsequence.timesteps=[40,10,49,10,0]", "sampler.steps=50"],
+     "'explicit' has its own length"),
+])
+def test_plans_that_would_run_something_else_than_asked_are_refused(toy_ckpt, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run_sample([f"ckpt={toy_ckpt}", "num_samples=8", *overrides], tmp_path)
+
+
+def test_metrics_record_the_plan_that_ran(toy_ckpt, tmp_path):
+    """steps/nfe/subsequence in metrics.json are those of the timesteps that ran."""
+    one = run_sample([f"ckpt={toy_ckpt}", "num_samples=8", "subsequence=trailing", "sampler.steps=1"], tmp_path / "a")
+    assert (one["subsequence"], one["steps"], one["nfe"]) == ("trailing", 1, 1)
+    full = run_sample([f"ckpt={toy_ckpt}", "num_samples=8", "subsequence=quadratic", "sampler.steps=null"],
+                      tmp_path / "b")
+    assert (full["subsequence"], full["steps"], full["nfe"]) == ("full", 50, 50)  # every timestep of T=50
+    explicit = run_sample([f"ckpt={toy_ckpt}", "num_samples=8", "subsequence=explicit",
+                           "subsequence.timesteps=[40,10,49,10,0]", "sampler.steps=null"], tmp_path / "c")
+    assert (explicit["subsequence"], explicit["nfe"]) == ("explicit", 4)  # the repeated 10 is removed
+    assert explicit["steps"] == explicit["nfe"]
+    saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert (saved["steps"], saved["nfe"]) == (4, 4)

@@ -58,7 +58,7 @@ def test_toy_run_writes_all_outputs(tmp_path):
 @pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
 def test_fast_dev_run_each_parameterisation(tmp_path, prediction_type):
     metrics, _ = run_train(TINY_TOY + ["trainer.fast_dev_run=true", f"model.prediction_type={prediction_type}",
-                                       "model.sampling.steps=10", "schedule=cosine"], tmp_path)
+                                       "sampler.steps=10", "schedule=cosine"], tmp_path)
     assert metrics["nfe"] == 10
     assert np.isfinite(metrics["fd_2d"])
 
@@ -77,7 +77,7 @@ def test_fast_dev_run_mnist(tmp_path, mnist_root):
             "trainer.fast_dev_run=true",
             "model.eval_num_samples=0",
             "eval.num_samples=4",
-            "model.sampling.steps=5",
+            "sampler.steps=5",
             "eval.batch_size=4",
         ],
         tmp_path,
@@ -145,7 +145,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     cfg = compose_cfg(FAST + TINY_TOY + ["trainer.val_check_interval=5", "model.eval_num_samples=0"], tmp_path)
     dm = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
-    model.net = _NaNAfter(model.net, 8)
+    model.generator.net = _NaNAfter(model.net, 8)
     model.data_shape = (2,)
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
     with pytest.raises(NonFiniteLossError, match=r"loss 'train/loss' is nan at step 7"):
@@ -171,7 +171,7 @@ def _cli(*args, timeout=300):
     [
         (["schedule=nope"], "Could not find 'schedule/nope'"),
         (["diffusion.steps=-4"], "diffusion.steps=-4 is invalid: expected a positive integer"),
-        (["model.sampling.steps=2000"], "model.sampling.steps=2000 is larger than the schedule"),
+        (["sampler.steps=2000"], "sampler.steps=2000 is larger than the schedule"),
         (["model.prediction_type=score"], "model.prediction_type='score' is invalid: expected one of eps, x0, v"),
         (["dataset=mnist", "net=unet_mnist", "paths.data_dir=/nonexistent/data"],
          "data directory /nonexistent/data does not exist"),

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -35,51 +34,37 @@ from siddm_lab.errors import ConfigError
 from siddm_lab.resume import resolve_ckpt_path
 
 
-def _eval_steps(cfg: DictConfig, model) -> list:
-    """The generator step counts K to evaluate (``eval.steps``: null = the model's own, an int or a list;
-    the first is the primary one, whose metrics keep their plain names)."""
+def eval_samplers(cfg: DictConfig, model) -> list:
+    """The samplers of the final evaluation: ``sampler`` bound to the model's process, once per step
+    count of ``eval.steps`` (null = ``sampler.steps``; a list evaluates each, the first is the primary)."""
+    factory = instantiate(cfg.sampler)
     steps = cfg.eval.get("steps")
     if steps is None:
-        return [None]
+        return [factory(diffusion=model.diffusion)]
     steps = [steps] if isinstance(steps, int) else list(steps)
-    if not hasattr(model, "objective"):
-        raise ConfigError("eval.steps (generator step counts) applies to DDGAN/SIDDM models; a DDPM/DDIM model is "
-                          "evaluated with its own sampler (model.sampling) and siddm-sample")
-    return steps
+    return [factory(diffusion=model.diffusion, steps=int(k)) for k in steps]
 
 
 def evaluate_model(model, datamodule, cfg: DictConfig, out_dir: Path) -> list[dict]:
-    """Sample ``eval.num_samples`` with the (EMA) weights, compute the data's metrics, write
-    metrics.json and the samples: one set per model (``seed_<s>/`` per member of an ensemble).
-    Returns one metrics dict per model."""
-    T = model.diffusion.num_timesteps
+    """The final evaluation (``siddm_lab.evaluation.evaluate``, EMA weights): ``eval.num_samples`` samples
+    per sampler of ``eval_samplers``, the primary one's saved as samples.npz/png, each model's metrics
+    (per member of an ensemble: ``seed_<s>/``) with those of other step counts as ``<metric>@<steps>``."""
+    from siddm_lab.evaluation import evaluate
+
+    samplers = eval_samplers(cfg, model)
     results: dict = {}
-    steps_list = _eval_steps(cfg, model)
-    for i, K in enumerate(steps_list):
-        g = torch.Generator().manual_seed(int(cfg.eval.seed))
-        t0 = time.perf_counter()
-        if K is None:
-            sampler, timesteps = model.default_sampler_and_timesteps()
-            samples = model.sample(int(cfg.eval.num_samples), generator=g, sampler=sampler, timesteps=timesteps,
-                                   batch_size=int(cfg.eval.batch_size))
-            nfe = T if timesteps is None else len(timesteps)
-        else:
-            samples = model.sample(int(cfg.eval.num_samples), generator=g, batch_size=int(cfg.eval.batch_size),
-                                   steps=int(K))
-            nfe = int(K)
-        sample_seconds = time.perf_counter() - t0
-        for seed, member_dir, x in model.member_outputs(samples, out_dir):
-            metrics = {k: float(v) for k, v in datamodule.evaluate(x).items()}
-            metrics.update(nfe=nfe, sample_seconds=sample_seconds / (model.members or 1), num_samples=len(x))
-            entry = results.setdefault(seed, {"seed": cfg.seed if seed is None else seed, "dir": member_dir})
+    for i, sampler in enumerate(samplers):
+        per_model = evaluate(model, sampler, datamodule, int(cfg.eval.num_samples), int(cfg.eval.seed), out_dir,
+                             batch_size=int(cfg.eval.batch_size), stem="samples" if i == 0 else None)
+        for r in per_model:
+            entry = results.setdefault(r["seed"], {"seed": cfg.seed if r["seed"] is None else r["seed"],
+                                                  "dir": r["dir"]})
+            metrics = {k: v for k, v in r.items() if k not in ("seed", "dir")}
             if i == 0:
                 entry.update(metrics)
-                title = f"{type(model).__name__} T={T} NFE={nfe}" + ("" if seed is None else f" seed={seed}")
-                if "modes_covered" in metrics:
-                    title += f" modes={metrics['modes_covered']} HQ={metrics['hq_ratio']:.2f} FD={metrics['fd_2d']:.3g}"
-                datamodule.save_samples(x, member_dir, stem="samples", title=title)
-            if len(steps_list) > 1:
-                entry.update({f"{k}@{K}": v for k, v in metrics.items() if k not in ("num_samples",)})
+            if len(samplers) > 1:
+                entry.update({f"{k}@{sampler.steps}": v for k, v in metrics.items()
+                              if isinstance(v, (int, float)) and k != "num_samples"})
     return list(results.values())
 
 
@@ -174,6 +159,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.dataset)
     model = build_model(cfg, datamodule)
     model.data_shape = tuple(datamodule.data_shape)
+    model.sampler = instantiate(cfg.sampler)(diffusion=model.diffusion)  # periodic evaluation's sampler
     model.output_dir = out_dir
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)

@@ -45,23 +45,63 @@ PREDICTION_TYPES = ("eps", "x0", "v")
 
 
 class DDPMLoss:
-    """Denoising regression E ||f(x_t, t) − target||² (Ho et al. 2020), t ~ U{0..T−1}."""
+    """Denoising regression E ||f(x_t, t) − target||² (Ho et al. 2020), t ~ U{0..T−1}.
 
-    def __init__(self, prediction_type: str = "eps"):
+    With a discriminator (``DDPM(discriminator=...)``) the denoiser's x0' = x0'(f(x_t, t)) is also
+    scored against the data x0 at the time t, and the generator adds ``adversarial`` ·
+    softplus(−D(x0', t)) to its regression loss (the discriminator: softplus(−D(x0)) + softplus(D(x0'))).
+    """
+
+    joint = False
+
+    def __init__(self, prediction_type: str = "eps", adversarial: float = 0.1):
         if prediction_type not in PREDICTION_TYPES:
             raise ConfigError(f"model.prediction_type={prediction_type!r} is unknown; allowed: "
                               f"{', '.join(PREDICTION_TYPES)}")
+        if isinstance(adversarial, bool) or not isinstance(adversarial, (int, float)) or adversarial < 0:
+            raise ConfigError(f"model.adversarial={adversarial!r} is invalid: expected a number >= 0")
         self.prediction_type = prediction_type
+        self.adversarial = float(adversarial)
 
     def __call__(self, net, diffusion, x0: torch.Tensor, t: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None, rng: RandomSource = GLOBAL) -> torch.Tensor:
+        return self._regression(net, diffusion, x0, t, noise, rng)[0]
+
+    def _regression(self, net, diffusion, x0, t=None, noise=None, rng: RandomSource = GLOBAL):
         if t is None:
             t = diffusion.sample_times(rng, x0)
         if noise is None:
             noise = rng.randn_like(x0)
         x_t = diffusion.q_sample(x0, t, noise)
+        out = net(x_t, t)
         target = diffusion.training_target(self.prediction_type, x0, noise, t)
-        return rng.member_mean((net(x_t, t) - target).pow(2))
+        return rng.member_mean((out - target).pow(2)), x_t, t, out
+
+    def discriminator_heads(self) -> dict:
+        return {"joint": False, "cond_head": False, "aux_head": False}
+
+    def _x0(self, parts: GANParts, x_t, t, out):
+        return parts.process.to_x0_eps(self.prediction_type, x_t, t, out)[0]
+
+    def d_terms(self, parts: GANParts, x0: torch.Tensor, iteration: int = 0) -> dict[str, torch.Tensor]:
+        """Real data against the denoiser's x0' at a random t (only with a discriminator)."""
+        rng = parts.rng
+        t = parts.process.sample_times(rng, x0)
+        with torch.no_grad():
+            x_t = parts.process.q_sample(x0, t, rng.randn_like(x0))
+            x0_fake = self._x0(parts, x_t, t, parts.generator(x_t, t, None))
+        real = parts.discriminator(x0, t, None, heads=("logit",)).logit
+        fake = parts.discriminator(x0_fake, t, None, heads=("logit",)).logit
+        return {"d_real": rng.member_mean(F.softplus(-real)), "d_fake": rng.member_mean(F.softplus(fake))}
+
+    def g_terms(self, parts: GANParts, x0: torch.Tensor, iteration: int = 0) -> dict[str, torch.Tensor]:
+        loss, x_t, t, out = self._regression(lambda x, s: parts.generator(x, s, None), parts.process, x0,
+                                             rng=parts.rng)
+        terms = {"loss": loss}
+        if parts.discriminator is not None and self.adversarial > 0:
+            logit = parts.discriminator(self._x0(parts, x_t, t, out), t, None, heads=("logit",)).logit
+            terms["g_adv"] = self.adversarial * parts.rng.member_mean(F.softplus(-logit))
+        return terms
 
 
 @dataclass

@@ -44,7 +44,69 @@ full_timesteps = _subsequences.full
 uniform_timesteps = _subsequences.uniform
 
 
-class AncestralSampler:
+class StepSampler:
+    """A reverse-process sampler: an update rule (``step``) over a timestep plan.
+
+    The plan is S = ``steps`` timesteps of the sub-sequence ``subsequence`` (a ``make_timesteps``
+    spec, the ``subsequence`` config group; default uniform). ``steps`` null means the sub-sequence's
+    own length: every timestep for a spacing (uniform, leading, linspace, trailing, quadratic), the
+    fixed length of exponential / last_k / first_k_last_k / explicit, which take no S. ``clip_x0``
+    clips the model's x0' to [-c, c] and re-derives ε' from the clipped x0'.
+
+    The same object serves periodic evaluation, the end-of-training evaluation and ``siddm-sample``
+    (``conf/sampler``: a partial bound to the model's process with ``diffusion=``).
+    """
+
+    name = "step"
+    stochastic = True
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = None, subsequence=None,
+                 clip_x0: float | None = None):
+        if clip_x0 is not None and (isinstance(clip_x0, bool) or not isinstance(clip_x0, (int, float))
+                                    or clip_x0 <= 0):
+            raise ConfigError(f"sampler.clip_x0={clip_x0!r} is invalid: expected null or a positive number")
+        self.diffusion = diffusion
+        self.clip_x0 = clip_x0
+        self.steps = steps
+        self.subsequence, self.timesteps = _subsequences.plan(diffusion.num_timesteps, steps, subsequence)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample: one per element of the plan."""
+        return len(self.timesteps)
+
+    def settings(self) -> dict:
+        """What ran, for metrics.json and tables: sampler, sub-sequence, S, NFE and the rule's parameters."""
+        return {"sampler": self.name, "subsequence": self.subsequence, "steps": self.steps or self.nfe,
+                "nfe": self.nfe, "clip_x0": self.clip_x0}
+
+    def clipped(self, predict: PredictFn) -> PredictFn:
+        """``predict`` with x0' clipped to [-clip_x0, clip_x0] and ε' re-derived (unchanged without clip_x0)."""
+        if self.clip_x0 is None:
+            return predict
+        c = float(self.clip_x0)
+
+        def predict_clipped(x_t, t):
+            x0, _ = predict(x_t, t)
+            x0 = x0.clamp(-c, c)
+            return x0, self.diffusion.predict_eps_from_x0(x_t, t, x0)
+
+        return predict_clipped
+
+    def sample(self, predict: PredictFn, x_T: torch.Tensor, generator: torch.Generator | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """x0 from x_T over the plan (NFE = ``self.nfe``)."""
+        return sample_loop(self.clipped(predict), self, x_T, self.timesteps, generator=generator, progress=progress,
+                           allow_repeats=True)
+
+    def coefficients(self, t: int, s: int) -> tuple[float, float, float]:
+        raise NotImplementedError
+
+    def step(self, x_t, t: int, s: int, x0, eps, noise=None):
+        raise NotImplementedError
+
+
+class AncestralSampler(StepSampler):
     """DDPM ancestral sampling x_t -> x_s ~ N(μ̃(x_t, x0'), σ²) with s the next timestep.
 
     With β' = 1 - ᾱ_t/ᾱ_s (= β_t when s = t-1):
@@ -53,15 +115,20 @@ class AncestralSampler:
     No noise is added on the last step (s = -1).
     """
 
+    name = "ddpm"
     stochastic = True
 
-    def __init__(self, diffusion: GaussianDiffusion, variance_type: str = "fixed_small"):
+    def __init__(self, diffusion: GaussianDiffusion, variance_type: str = "fixed_small", steps: int | None = None,
+                 subsequence=None, clip_x0: float | None = None):
         if variance_type not in VARIANCE_TYPES:
             raise ConfigError(
                 f"sampler.variance_type={variance_type!r} is unknown; allowed: {', '.join(VARIANCE_TYPES)}"
             )
-        self.diffusion = diffusion
+        super().__init__(diffusion, steps, subsequence, clip_x0)
         self.variance_type = variance_type
+
+    def settings(self) -> dict:
+        return {**super().settings(), "variance_type": self.variance_type}
 
     def coefficients(self, t: int, s: int) -> tuple[float, float, float]:
         """(coef_x0, coef_xt, std) of the update t -> s, computed in float64."""
@@ -82,7 +149,7 @@ class AncestralSampler:
         return _add_noise(coef_x0 * x0 + coef_xt * x_t, std, noise)
 
 
-class DDIMSampler:
+class DDIMSampler(StepSampler):
     """DDIM (Song et al. 2021, Eq. 12) from t to the next timestep s (ᾱ_{-1} = 1):
 
       σ = η · sqrt((1-ᾱ_s)/(1-ᾱ_t)) · sqrt(1 - ᾱ_t/ᾱ_s)
@@ -93,7 +160,10 @@ class DDIMSampler:
     σ̂ = sqrt(1 - ᾱ_t/ᾱ_s) (DDPM's fixed_large over the sub-sequence, as the reference ddpm_steps).
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, eta: float | str = 0.0):
+    name = "ddim"
+
+    def __init__(self, diffusion: GaussianDiffusion, eta: float | str = 0.0, steps: int | None = None,
+                 subsequence=None, clip_x0: float | None = None):
         if eta == "sigma_hat":
             self.sigma_hat = True
             self.eta = 1.0
@@ -102,8 +172,11 @@ class DDIMSampler:
                 raise ConfigError(f"sampler.eta={eta!r} is invalid: expected a number >= 0 or 'sigma_hat'")
             self.sigma_hat = False
             self.eta = float(eta)
-        self.diffusion = diffusion
+        super().__init__(diffusion, steps, subsequence, clip_x0)
         self.stochastic = self.sigma_hat or self.eta > 0
+
+    def settings(self) -> dict:
+        return {**super().settings(), "eta": "sigma_hat" if self.sigma_hat else self.eta}
 
     def coefficients(self, t: int, s: int) -> tuple[float, float, float]:
         """(coef_x0, coef_eps, std) of the update t -> s, computed in float64."""
@@ -252,14 +325,40 @@ def sample_generator_chain(predict_x0: Callable[[torch.Tensor, torch.Tensor], to
     return x
 
 
-SAMPLERS = ("ddpm", "ddim")
+class GeneratorChain:
+    """A diffusion GAN's own sampler (DDGAN / SIDDM): K = ``steps`` generator steps (null = the
+    process's T; any K >= 1 in continuous time), see ``sample_generator_chain``."""
+
+    name = "generator"
+    stochastic = True
+
+    def __init__(self, diffusion, steps: int | None = None):
+        T = diffusion.num_timesteps
+        K = T if steps is None else steps
+        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+            raise ConfigError(f"sampler.steps={steps!r} is invalid: expected null (the model's T) or a positive "
+                              f"number of generator steps")
+        if K != T and not getattr(diffusion, "continuous", False):
+            raise ConfigError(f"sampler.steps={K}: a discrete-time diffusion GAN samples with its T={T} steps (it "
+                              f"was trained on adjacent pairs only); use schedule=cosine_continuous for any K")
+        self.diffusion, self.steps = diffusion, K
+
+    @property
+    def nfe(self) -> int:
+        return self.steps
+
+    def settings(self) -> dict:
+        return {"sampler": self.name, "steps": self.steps, "nfe": self.steps}
+
+    def sample(self, predict_x0, x_T: torch.Tensor, rng) -> torch.Tensor:
+        return sample_generator_chain(predict_x0, self.diffusion, x_T, rng, self.steps)
 
 
-def build_sampler(diffusion: GaussianDiffusion, name: str = "ddpm", variance_type: str = "fixed_small",
-                  eta: float | str = 0.0):
-    """A sampler by name: ``ddpm`` (ancestral, ``variance_type``) or ``ddim`` (``eta`` >= 0 or 'sigma_hat')."""
-    if name == "ddpm":
-        return AncestralSampler(diffusion, variance_type)
-    if name == "ddim":
-        return DDIMSampler(diffusion, eta)
-    raise ConfigError(f"sampler.name={name!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+SAMPLERS = {"ddpm": AncestralSampler, "ddim": DDIMSampler, "generator": GeneratorChain}
+
+
+def build_sampler(diffusion, name: str = "ddpm", **kwargs):
+    """A sampler by name (``ddpm``, ``ddim``, ``generator``) with its keyword settings."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"sampler {name!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](diffusion, **kwargs)

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 SUBSEQUENCES = ("full", "uniform", "leading", "linspace", "trailing", "quadratic", "exponential", "last_k",
                 "first_k_last_k", "explicit")
+# Spacings take S (sampler.steps); the others fix their own length.
+SPACINGS = ("uniform", "leading", "linspace", "trailing", "quadratic")
 
 
 def _check_S(T: int, S, name: str) -> int:
@@ -152,3 +154,35 @@ def make_timesteps(name: str, T: int, S: int | None = None, *, k: int = 100, off
                     name, S, len(distinct), len(seq), len(distinct))
         seq = distinct
     return seq
+
+
+def plan(T: int, steps: int | None, spec=None) -> tuple[str, list[int]]:
+    """(name, timesteps) of a sampler's plan: S = ``steps`` timesteps of the sub-sequence ``spec``
+    (a ``make_timesteps`` spec: ``{"name": ..., <its options>}``; default uniform).
+
+    ``steps`` null runs a spacing over every timestep (reported as ``full``: that is what runs) and a
+    fixed sequence (exponential, last_k, first_k_last_k, explicit) at its own length; a fixed sequence
+    given an S is refused, as is a spacing whose single step (S = 1) would start at t = 0 instead of
+    from noise.
+    """
+    spec = dict(spec or {})
+    name = spec.pop("name", "uniform")
+    if name not in SUBSEQUENCES:
+        raise ConfigError(f"subsequence.name={name!r} is unknown; allowed: {', '.join(SUBSEQUENCES)}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"sampler.steps={steps!r} is invalid: expected null or a positive integer")
+    if steps is not None and steps > T:
+        raise ConfigError(f"sampler.steps={steps} is larger than the schedule (T={T}); allowed: 1..{T}")
+    if steps is None and name in SPACINGS:
+        name = "full"
+    if name not in SPACINGS and name != "full" and steps is not None:
+        n = len(make_timesteps(name, T, None, **spec))
+        if steps != n:
+            raise ConfigError(f"subsequence '{name}' has its own length ({n} timesteps for T={T}) and takes no "
+                              f"sampler.steps (got {steps}); set sampler.steps=null")
+    if steps == 1 and name in SPACINGS and name != "trailing":
+        raise ConfigError(f"sampler.steps=1 with subsequence '{name}' is the single step t=0, which skips the "
+                          f"whole reverse process; a one-step sampler starts at T-1: subsequence=trailing")
+    if name == "full":
+        spec = {k: v for k, v in spec.items() if k == "keep_duplicates"}
+    return name, make_timesteps(name, T, steps, **spec)

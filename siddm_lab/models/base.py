@@ -1,10 +1,13 @@
-"""Shared base of the diffusion LightningModules (DDPM, DDIM, SIDDM).
+"""The shared base of the diffusion LightningModules (DDPM, DDIM, SIDDM, DDGAN).
 
-It owns what every model needs besides its losses: the ``GaussianDiffusion`` built from the
-schedule config, optimiser/LR-scheduler construction, the sampling entry point
-(``sample``), periodic sample evaluation during validation, and the non-finite loss guard.
-Subclasses implement ``training_step`` and ``predict_x0_eps`` (network output -> x0', ε').
-All formulas are called from ``siddm_lab.diffusion``.
+Every module is a GENERATOR (a denoiser f(x_t, t), or a GAN generator G(x_t, t, z)), an optional
+DISCRIMINATOR and an OBJECTIVE (``siddm_lab.diffusion.losses``) that returns the discriminator's
+terms (``d_terms``) and the generator's (``g_terms``). The module only steps the optimisers: one
+ITERATION is one discriminator step (when there is a discriminator; not counted) then one generator
+step, so ``global_step`` counts iterations and ``trainer.max_steps``, checkpoint and EMA periods are
+in iterations. Besides that it owns the process (``GaussianDiffusion`` from the schedule config),
+sampling with a sampler object (``siddm_lab.diffusion.samplers``), periodic sample evaluation and
+the non-finite loss guard. All formulas live in ``siddm_lab.diffusion``.
 """
 
 from __future__ import annotations
@@ -16,68 +19,78 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch import nn
 
-from siddm_lab.diffusion import GaussianDiffusion, build_sampler, make_timesteps, sample_loop
+from siddm_lab.diffusion import GANParts, GaussianDiffusion, RandomSource
 from siddm_lab.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SAMPLING = {"name": "ddpm", "variance_type": "fixed_small", "eta": 0.0, "steps": None,
-                    "subsequence": {"name": "uniform"}, "clip_x0": None, "batch_size": 1000}
-
-
-def sampler_and_timesteps(diffusion: GaussianDiffusion, sampling: dict, subsequence: dict | None = None):
-    """(sampler, decreasing timesteps) from sampler settings and a sub-sequence spec.
-
-    ``steps`` null means every timestep; otherwise the sub-sequence ``subsequence['name']``
-    (default uniform) with S = steps.
-    """
-    sub = dict(subsequence if subsequence is not None else sampling.get("subsequence") or {"name": "uniform"})
-    steps = sampling.get("steps")
-    name = sub.pop("name", "uniform")
-    if steps is None and name in ("uniform", "leading", "linspace", "trailing", "quadratic"):
-        name = "full"
-    timesteps = make_timesteps(name, diffusion.num_timesteps, steps, **sub)
-    sampler = build_sampler(diffusion, sampling.get("name", "ddpm"), sampling.get("variance_type", "fixed_small"),
-                            sampling.get("eta", 0.0))
-    return sampler, timesteps
-
 
 class DiffusionModule(L.LightningModule):
-    """Base LightningModule.
+    """Base LightningModule: generator + optional discriminator + objective.
 
     Args:
-        diffusion: the schedule as a ``GaussianDiffusion`` (or its kwargs for ``from_schedule``).
-        optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
-        lr_scheduler: ``optimizer -> LRScheduler`` or None; stepped every optimizer step.
-        sampling: the model's own sampler (periodic and final evaluation): ``name`` (ddpm | ddim),
-            ``variance_type`` (ddpm), ``eta`` (ddim), ``steps`` (null = all T), ``subsequence``
-            (a ``make_timesteps`` spec, default uniform), ``clip_x0``, ``batch_size``.
-        eval_num_samples: samples drawn at each validation for ``datamodule.evaluate``
-            (0 disables periodic sample evaluation).
-        log_every_n_steps: how often the training loss is logged (logging every step costs
-            a device sync).
+        generator: the network trained to produce samples (``(x_t, t) -> output`` for a denoiser, which
+            the objective sees as ``(x_t, t, z=None)``; ``(x_t, t, z) -> x0'`` for a GAN generator).
+        diffusion: the process as a ``GaussianDiffusion`` (or its kwargs for ``from_schedule``) or
+            ``CosineContinuousTime``.
+        objective: a loss object with ``d_terms`` / ``g_terms`` (``siddm_lab.diffusion.losses``).
+        discriminator: None, a module, or a factory ``(joint, cond_head, aux_head) -> module`` (a Hydra
+            ``_partial_``, ``conf/discriminator``) called with ``objective.discriminator_heads()``.
+        optimizer / optimizer_d: ``params -> Optimizer`` partials of the generator / discriminator.
+        lr_scheduler / lr_scheduler_d: ``optimizer -> LRScheduler`` partials or None (stepped per iteration).
+        grad_clip / grad_clip_d: max gradient norm per net (None = off).
+        eval_num_samples: samples drawn at each validation for the data's metrics (0 = off).
+        log_every_n_steps: how often the training losses are logged (every step costs a device sync).
     """
 
-    def __init__(self, diffusion: GaussianDiffusion | dict, optimizer: Callable, lr_scheduler: Callable | None = None,
-                 sampling: dict | None = None, eval_num_samples: int = 1000, log_every_n_steps: int = 50):
+    def __init__(self, generator: nn.Module, diffusion: GaussianDiffusion | dict, objective, discriminator=None,
+                 optimizer: Callable | None = None, optimizer_d: Callable | None = None,
+                 lr_scheduler: Callable | None = None, lr_scheduler_d: Callable | None = None,
+                 grad_clip: float | None = None, grad_clip_d: float | None = None,
+                 eval_num_samples: int = 1000, log_every_n_steps: int = 50):
         super().__init__()
         if isinstance(diffusion, dict):
             diffusion = GaussianDiffusion.from_schedule(**diffusion)
-        self.diffusion = diffusion
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
-        self.sampling = {**DEFAULT_SAMPLING, **(dict(sampling) if sampling else {})}
+        if optimizer is None:
+            raise ConfigError("the model needs an optimizer for its generator (model.optimizer / model.optimizer_g)")
         if eval_num_samples < 0:
             raise ConfigError(f"model.eval_num_samples must be >= 0, got {eval_num_samples}")
+        if discriminator is not None:
+            if optimizer_d is None:
+                raise ConfigError("a model with a discriminator needs model.optimizer_d")
+            if not isinstance(discriminator, nn.Module):
+                discriminator = discriminator(**objective.discriminator_heads())
+            if getattr(discriminator, "joint", objective.joint) != objective.joint:
+                need = "a joint" if objective.joint else "a marginal"
+                raise ConfigError(f"{type(objective).__name__} needs {need} discriminator (discriminator.joint="
+                                  f"{str(objective.joint).lower()})")
+        self.automatic_optimization = False
+        self.generator, self.discriminator, self.objective = generator, discriminator, objective
+        self.diffusion = diffusion
+        self.optimizer_factory, self.optimizer_d_factory = optimizer, optimizer_d
+        self.lr_scheduler_factory, self.lr_scheduler_d_factory = lr_scheduler, lr_scheduler_d
+        self.grad_clip, self.grad_clip_d = grad_clip, grad_clip_d
         self.eval_num_samples = eval_num_samples
         self.log_every_n_steps = max(1, int(log_every_n_steps))
+        self.rng = RandomSource()  # the global RNG (StepSeed reseeds it every step)
+        self.member_seeds: list[int] | None = None
+        # The sampler of periodic evaluation (``conf/sampler``, bound to this process by the train entry;
+        # None = ``default_sampler()``).
+        self.sampler = None
         self.data_shape: tuple[int, ...] | None = None
         self.output_dir: Path | None = None
         # The resolved run config (plain containers), stored in checkpoints so a checkpoint alone
         # rebuilds its model; set by the train entry point.
         self.run_config: dict | None = None
         self._train_seconds_offset, self._eval_seconds = 0.0, 0.0
+
+    # Under DDP (which wraps the whole module) the D step leaves G's parameters out and the G step
+    # D's: the trainer is built with find_unused_parameters=True for such a model.
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        return self.discriminator is not None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["siddm_train_seconds"] = self.train_seconds()
@@ -102,42 +115,125 @@ class DiffusionModule(L.LightningModule):
             self.data_shape = tuple(dm.data_shape)
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory(params=self.parameters())
-        if self.lr_scheduler_factory is None:
-            return opt
-        sched = self.lr_scheduler_factory(optimizer=opt)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opts = [self.optimizer_factory(params=self.generator.parameters())]
+        if self.discriminator is not None:
+            opts.append(self.optimizer_d_factory(params=self.discriminator.parameters()))
+        scheds = []
+        for factory, opt in zip((self.lr_scheduler_factory, self.lr_scheduler_d_factory), opts):
+            if factory is not None:
+                scheds.append({"scheduler": factory(optimizer=opt), "interval": "step"})
+        return opts, scheds
+
+    # ------------------------------------------------------------------ training
+    def parts(self, rng: RandomSource | None = None) -> GANParts:
+        """What the objective needs: the nets, the process, the latent sampler and the noise source."""
+        rng = rng or self.rng
+        return GANParts(self.generator, self.discriminator, self.diffusion, lambda x: self.sample_z(x, rng), rng)
+
+    def sample_z(self, x: torch.Tensor, rng: RandomSource | None = None):
+        """The generator's latent for x (None: a denoiser takes none)."""
+        return None
+
+    def _clip(self, opt, net: nn.Module, max_norm: float | None) -> None:
+        if max_norm is None:
+            return
+        if self.members is None:
+            self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+            return
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)  # per member
+        scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.reshape(-1, *((1,) * (g.dim() - 1))))
+
+    def _update(self, opt, terms: dict, net: nn.Module, max_norm, name: str, counted: bool) -> torch.Tensor:
+        loss = sum(terms.values())
+        self.check_finite(name, loss.detach())
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss.sum() if loss.dim() else loss)
+        self._clip(opt, net, max_norm)
+        if counted:
+            opt.step()
+        else:
+            self.step_uncounted(opt)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        parts = self.parts()
+        iteration = self.global_step
+        d: dict = {}
+        logged: dict = {}
+        if self.discriminator is not None:
+            opt_d = opts[1]
+            with self.toggled_optimizer(opt_d):
+                d = self.objective.d_terms(parts, batch, iteration)
+                logged["train/loss_d"] = self._update(opt_d, d, self.discriminator, self.grad_clip_d, "train/loss_d",
+                                                      counted=False)
+            with self.toggled_optimizer(opts[0]):
+                g = self.objective.g_terms(parts, batch, iteration)
+                logged["train/loss_g"] = self._update(opts[0], g, self.generator, self.grad_clip, "train/loss_g",
+                                                      counted=True)
+        else:
+            g = self.objective.g_terms(parts, batch, iteration)
+            logged["train/loss"] = self._update(opts[0], g, self.generator, self.grad_clip, "train/loss", counted=True)
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds]:
+            if sched is not None:
+                sched.step()
+        if batch_idx % self.log_every_n_steps == 0:  # means over the members of an ensemble
+            logged.update({f"train/{k}": v for k, v in {**d, **g}.items() if k != "loss"})
+            self.log_dict({k: v.detach().mean() for k, v in logged.items()}, prog_bar="train/loss" in logged)
 
     # ------------------------------------------------------------------ guards
     def check_finite(self, name: str, value: torch.Tensor) -> None:
         """Stop with a clear message if a loss is NaN/inf (before it reaches the weights)."""
-        if not torch.isfinite(value).all():
-            raise NonFiniteLossError(
-                f"loss '{name}' is {value.item() if value.numel() == 1 else 'non-finite'} at step "
-                f"{self.global_step}; training stopped before the update (the last checkpoint is kept). "
-                f"Lower the learning rate or enable gradient clipping."
-            )
+        if torch.isfinite(value).all():
+            return
+        if self.members is not None:
+            bad = [s for s, v in zip(self.member_seeds, value.tolist()) if not torch.isfinite(torch.tensor(v))]
+            name = f"{name} of the ensemble members with seeds {bad}"
+        raise NonFiniteLossError(
+            f"loss '{name}' is {value.item() if value.numel() == 1 else 'non-finite'} at step "
+            f"{self.global_step}; training stopped before the update (the last checkpoint is kept). "
+            f"Lower the learning rate or enable gradient clipping."
+        )
 
     # ------------------------------------------------------------------ sampling
     def predict_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0', ε') of the model at (x_t, t): what a step sampler needs."""
         raise NotImplementedError
 
-    def default_sampler_and_timesteps(self):
-        return sampler_and_timesteps(self.diffusion, self.sampling)
+    def default_sampler(self):
+        """The sampler used when none is configured."""
+        raise NotImplementedError
+
+    def get_sampler(self, sampler=None):
+        """``sampler``, else the configured one (``self.sampler``), else ``default_sampler()``; a partial
+        (``conf/sampler``) is bound to this model's process."""
+        sampler = sampler if sampler is not None else self.sampler
+        if sampler is None:
+            return self.default_sampler()
+        if not hasattr(sampler, "nfe"):  # an unbound sampler factory
+            sampler = sampler(diffusion=self.diffusion)
+        return sampler
+
+    def draw(self, sampler, x_T: torch.Tensor, seed: int | None, progress: bool = False) -> torch.Tensor:
+        """One batch of samples from x_T with ``sampler`` (noise from a generator seeded with ``seed``)."""
+        g = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        return sampler.sample(self.predict_x0_eps, x_T, generator=g, progress=progress)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, sampler=None, timesteps=None,
-               batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
-        """Draw n samples [n, *data_shape] with ``sampler`` over ``timesteps`` (default: the
-        model's own sampler over all T steps). Noise comes from ``generator`` (on CPU, so
-        results do not depend on the device)."""
+    def sample(self, n: int, sampler=None, generator: torch.Generator | None = None, batch_size: int | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """n samples [n, *data_shape] ([E, n, ...] for an ensemble) with ``sampler`` (``get_sampler``).
+        x_T and the seeds of each batch's noise come from ``generator`` (on CPU, so results do not
+        depend on the device)."""
         if self.data_shape is None:
             raise RuntimeError("data_shape is unknown: attach a datamodule or set model.data_shape")
-        if sampler is None or timesteps is None:
-            default_sampler, default_timesteps = self.default_sampler_and_timesteps()
-            sampler = sampler or default_sampler
-            timesteps = timesteps if timesteps is not None else default_timesteps
-        bs = batch_size or self.sampling["batch_size"]
+        sampler = self.get_sampler(sampler)
+        bs = batch_size or n
         was_training = self.training
         self.eval()
         out = []
@@ -145,15 +241,11 @@ class DiffusionModule(L.LightningModule):
             for i in range(0, n, bs):
                 m = min(bs, n - i)
                 x_T = torch.randn((m, *self.data_shape), generator=generator).to(self.device)
-                g = None
-                if generator is not None:
-                    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-                    g = torch.Generator(self.device).manual_seed(seed)
-                out.append(sample_loop(self.predict_x0_eps, sampler, x_T, timesteps, generator=g,
-                                       progress=progress, allow_repeats=True).cpu())
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
+                out.append(self.draw(sampler, x_T, seed, progress).cpu())
         finally:
             self.train(was_training)
-        return torch.cat(out)
+        return torch.cat(out, dim=0 if self.members is None else 1)
 
     def sample_distributed(self, n: int, seed: int) -> torch.Tensor:
         """n samples drawn once across all ranks: each rank draws its share with its own seed
@@ -210,38 +302,41 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------ periodic evaluation
     def on_validation_epoch_start(self) -> None:
-        # Runs after the EMA callback swapped the averaged weights in.
+        """Sample and score ``eval_num_samples`` with the evaluation sampler (after the EMA callback swapped
+        the averaged weights in): logged as ``val/<metric>``, appended to ``history.jsonl``, plotted."""
         if self.trainer.sanity_checking or self.eval_num_samples == 0:
             return
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "evaluate"):
             return
+        from siddm_lab.evaluation import score
+
         t0 = time.perf_counter()
         train_seconds = self.train_seconds()
         samples = self.sample_distributed(self.eval_num_samples, seed=1234)
         if self.trainer.is_global_zero:
             sample_seconds = time.perf_counter() - t0
-            per_member = []
-            for seed, out_dir, x in self.member_outputs(samples, self.output_dir):
-                metrics = {k: float(v) for k, v in dm.evaluate(x).items()}
-                per_member.append((seed, out_dir, metrics))
-                if out_dir is not None:
-                    append_history(out_dir, {"iteration": int(self.global_step), "train_seconds": train_seconds,
-                                             "sample_seconds": sample_seconds, **metrics})
-            logged = {f"val/{k}": sum(m[k] for _, _, m in per_member) / len(per_member) for k in per_member[0][2]}
+            title = f"iteration {self.global_step}"
+            out = None if self.output_dir is None else Path(self.output_dir)
+            per_member = score(self, samples, dm, out, stem=None)
+            for r in per_member:
+                if r["dir"] is not None:
+                    png = dm.save_samples(samples if r["seed"] is None else samples[self.member_seeds.index(r["seed"])],
+                                          Path(r["dir"]) / "samples", stem=f"step_{self.global_step:07d}",
+                                          title=title + ("" if r["seed"] is None else f", seed {r['seed']}"))
+                    metrics = {k: v for k, v in r.items() if k not in ("seed", "dir", "num_samples")}
+                    append_history(r["dir"], {"iteration": int(self.global_step), "train_seconds": train_seconds,
+                                               "sample_seconds": sample_seconds, **metrics})
+                    for logger in self.loggers:
+                        if hasattr(logger, "log_image") and (r["seed"] is None or r["seed"] == self.member_seeds[0]):
+                            logger.log_image(key="val/samples", images=[str(png)], step=self.global_step)
+            names = [k for k in per_member[0] if k not in ("seed", "dir", "num_samples")]
+            logged = {f"val/{k}": sum(r[k] for r in per_member) / len(per_member) for k in names}
             if self.members is not None:
-                logged.update({f"val/seed_{s}/{k}": v for s, _, m in per_member for k, v in m.items()})
+                logged.update({f"val/seed_{r['seed']}/{k}": r[k] for r in per_member for k in names})
             logged["val/sample_seconds"] = sample_seconds
             logged["val/train_seconds"] = train_seconds
             self.log_dict(logged, on_epoch=True, sync_dist=False, rank_zero_only=True)
-            for seed, out_dir, x in self.member_outputs(samples, self.output_dir):
-                if out_dir is None:
-                    continue
-                title = f"iteration {self.global_step}" + ("" if seed is None else f", seed {seed}")
-                png = dm.save_samples(x, Path(out_dir) / "samples", stem=f"step_{self.global_step:07d}", title=title)
-                for logger in self.loggers:
-                    if hasattr(logger, "log_image") and (seed is None or seed == self.member_seeds[0]):
-                        logger.log_image(key="val/samples", images=[str(png)], step=self.global_step)
         self._eval_seconds += time.perf_counter() - t0
 
 

@@ -127,6 +127,17 @@ def _check_target(value, key: str, allowed: frozenset[str], path) -> None:
             f"(e.g. {examples}); a class of your own is allowed once a config there names it")
 
 
+def _upgrade(cfg, state: dict):
+    """A checkpoint of an earlier layout in today's: the model's own sampler settings (``model.sampling``,
+    now the ``sampler`` group) are dropped, and a DDPM/DDIM denoiser saved as ``net.*`` is the generator's
+    ``generator.net.*``."""
+    if "sampling" in cfg.model:
+        cfg.model.pop("sampling")
+    if str(cfg.model.get("_target_", "")).startswith("siddm_lab.models.DD") and any(k.startswith("net.") for k in state):
+        state = {("generator." + k if k.startswith("net.") else k): v for k, v in state.items()}
+    return cfg, state
+
+
 def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", member: int | None = None):
     """(model, run_config) from a checkpoint; ``weights`` = ema (the averaged weights, the
     checkpoint's ``state_dict``) or raw (``current_model_state``). A checkpoint of an ensemble
@@ -151,6 +162,7 @@ def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", m
         state = SIDDM.member_state_dict(state, seeds.index(member))
     elif member is not None:
         raise CheckpointError(f"member={member} but {path} holds a single model (trained with seed={cfg.get('seed')})")
+    cfg, state = _upgrade(cfg, state)
     model = instantiate(cfg.model)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

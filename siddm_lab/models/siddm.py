@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from siddm_lab.diffusion import GANObjective, GANParts, RandomSource, sample_generator_chain
+from siddm_lab.diffusion import GANObjective, GeneratorChain, RandomSource
 from siddm_lab.diffusion.losses import DDGANLoss
 from siddm_lab.errors import ConfigError
 from siddm_lab.models.base import DiffusionModule
@@ -44,16 +44,10 @@ class SIDDM(DiffusionModule):
         grad_clip_g / grad_clip_d: max gradient norm per net (None = off; per member in an ensemble).
     """
 
-    # Under DDP (which wraps the whole module) the D step leaves G's parameters out and the G step
-    # D's: the trainer is built with find_unused_parameters=True for this model.
-    ddp_find_unused_parameters = True
-
     def __init__(self, generator: nn.Module, discriminator, diffusion, objective: GANObjective | None = None,
                  optimizer_g=None, optimizer_d=None, lr_scheduler_g=None, lr_scheduler_d=None, nz: int = 2,
-                 z_dist: str = "normal",
-                 grad_clip_g: float | None = None, grad_clip_d: float | None = None, sampling: dict | None = None,
+                 z_dist: str = "normal", grad_clip_g: float | None = None, grad_clip_d: float | None = None,
                  eval_num_samples: int = 1000, log_every_n_steps: int = 50):
-        super().__init__(diffusion, optimizer_g, lr_scheduler_g, sampling, eval_num_samples, log_every_n_steps)
         if objective is None:
             raise ConfigError("model.objective is missing: choose a GAN model (model=siddm | ddgan | siddm_released "
                               "| siddm_image | ddgan_image), which sets its objective (conf/objective)")
@@ -62,26 +56,17 @@ class SIDDM(DiffusionModule):
         if not isinstance(objective, GANObjective):
             raise ConfigError(f"model.objective must be a GAN objective of siddm_lab.diffusion.losses, got "
                               f"{type(objective).__name__}")
+        if discriminator is None:
+            raise ConfigError("a diffusion GAN needs a discriminator (conf/discriminator)")
         if z_dist not in Z_DISTS:
             raise ConfigError(f"model.z_dist={z_dist!r} is unknown; allowed: {', '.join(Z_DISTS)}")
         if getattr(generator, "cond_dim", nz) != nz:
             raise ConfigError(f"the generator net takes a latent of size {generator.cond_dim} but model.nz={nz}; "
                               f"set net.cond_dim=${{model.nz}}")
-        if not isinstance(discriminator, nn.Module):
-            discriminator = discriminator(**objective.discriminator_heads())
-        if getattr(discriminator, "joint", objective.joint) != objective.joint:
-            need = "a joint" if objective.joint else "a marginal"
-            raise ConfigError(f"{type(objective).__name__} needs {need} discriminator (discriminator.joint="
-                              f"{str(objective.joint).lower()})")
-        self.automatic_optimization = False
-        self.generator, self.discriminator, self.objective = generator, discriminator, objective
-        self.optimizer_d_factory = optimizer_d
-        self.lr_scheduler_d_factory = lr_scheduler_d
+        super().__init__(generator, diffusion, objective, discriminator, optimizer_g, optimizer_d, lr_scheduler_g,
+                         lr_scheduler_d, grad_clip_g, grad_clip_d, eval_num_samples, log_every_n_steps)
         self.nz, self.z_dist = nz, z_dist
-        self.grad_clip_g, self.grad_clip_d = grad_clip_g, grad_clip_d
-        self.rng = RandomSource()  # the global RNG (StepSeed reseeds it every step)
         self._sample_rng: RandomSource | None = None
-        self.member_seeds: list[int] | None = None
 
     # ------------------------------------------------------------------ ensembles
     @classmethod
@@ -123,10 +108,6 @@ class SIDDM(DiffusionModule):
             return rng.rand(shape, device=x.device, dtype=x.dtype)
         return rng.randn(shape, device=x.device, dtype=x.dtype)
 
-    def parts(self, rng: RandomSource | None = None) -> GANParts:
-        rng = rng or self.rng
-        return GANParts(self.generator, self.discriminator, self.diffusion, lambda x: self.sample_z(x, rng), rng)
-
     def predict_x0_eps(self, x_t, t):
         """(x0', ε') of the generator (latent drawn inside), for the step samplers of a discrete process."""
         x0 = self.generator(x_t, t, self.sample_z(x_t))
@@ -136,114 +117,33 @@ class SIDDM(DiffusionModule):
     def continuous(self) -> bool:
         return bool(getattr(self.diffusion, "continuous", False))
 
-    def default_sampler_and_timesteps(self):
-        return None, None
+    def default_sampler(self):
+        return GeneratorChain(self.diffusion)
 
-    @torch.no_grad()
-    def sample(self, n, generator=None, sampler=None, timesteps=None, batch_size=None, progress=False,
-               steps: int | None = None) -> torch.Tensor:
-        """n samples: [n, *data_shape], or [E, n, *data_shape] for an ensemble.
-
-        By default the generator chain (T steps; ``steps`` = K in continuous time). A discrete-time
-        single model also takes a step ``sampler`` over ``timesteps`` (e.g. DDIM on the generator's x0').
-        Every member of an ensemble starts from the same x_T and draws the same latents and noise
-        (what the single run with that generator would draw): samples are paired across members.
-        """
-        if self.data_shape is None:
-            raise RuntimeError("data_shape is unknown: attach a datamodule or set model.data_shape")
-        if sampler is not None:
-            if self.continuous or self.members is not None:
+    def draw(self, sampler, x_T: torch.Tensor, seed: int | None, progress: bool = False) -> torch.Tensor:
+        """One batch from x_T. The generator chain by default; a discrete-time single model also takes a
+        step sampler (e.g. DDIM on the generator's x0'). Every member of an ensemble starts from the same
+        x_T and draws the same latents and noise (what the single run with that generator would draw):
+        samples are paired across members. The latents and the noise are drawn from ``seed``."""
+        E = self.members
+        if not isinstance(sampler, GeneratorChain):
+            if self.continuous or E is not None:
                 raise ConfigError("a step sampler (sampler=ddim|ddpm) needs a discrete-time single model; this "
-                                  "one samples with its generator chain (sampler.steps = K generator steps)")
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
+                                  "one samples with its generator chain (sampler=generator, sampler.steps = K)")
             self._sample_rng = (RandomSource.single(torch.Generator(self.device).manual_seed(seed))
                                 if seed is not None else None)
             try:
-                return super().sample(n, generator, sampler, timesteps, batch_size, progress)
+                return super().draw(sampler, x_T, seed, progress)
             finally:
                 self._sample_rng = None
-        bs = batch_size or self.sampling["batch_size"]
-        E = self.members
-        was_training = self.training
-        self.eval()
-        out = []
-        try:
-            for i in range(0, n, bs):
-                m = min(bs, n - i)
-                x_T = torch.randn((m, *self.data_shape), generator=generator).to(self.device)
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
-                if E is None:
-                    rng = (RandomSource.single(torch.Generator(self.device).manual_seed(seed)) if seed is not None
-                           else RandomSource())
-                else:
-                    x_T = x_T.expand(E, *x_T.shape).contiguous()
-                    seeds = [seed if seed is not None else int(torch.randint(0, 2**62, (1,)))] * E
-                    rng = RandomSource([torch.Generator(self.device).manual_seed(s) for s in seeds])
-                x = sample_generator_chain(lambda x, t, rng=rng: self.generator(x, t, self.sample_z(x, rng)),
-                                           self.diffusion, x_T, rng, steps)
-                out.append(x.cpu())
-        finally:
-            self.train(was_training)
-        return torch.cat(out, dim=0 if E is None else 1)
-
-    # ------------------------------------------------------------------ training
-    def configure_optimizers(self):
-        opt_g = self.optimizer_factory(params=self.generator.parameters())
-        opt_d = self.optimizer_d_factory(params=self.discriminator.parameters())
-        scheds = []
-        for factory, opt in ((self.lr_scheduler_factory, opt_g), (self.lr_scheduler_d_factory, opt_d)):
-            if factory is not None:
-                scheds.append({"scheduler": factory(optimizer=opt), "interval": "step"})
-        return [opt_g, opt_d], scheds
-
-    def _clip(self, opt, net: nn.Module, max_norm: float | None) -> None:
-        if max_norm is None:
-            return
-        if self.members is None:
-            self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
-            return
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)  # per member
-        scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(scale.reshape(-1, *((1,) * (g.dim() - 1))))
-
-    def _update(self, opt, terms: dict, net: nn.Module, max_norm, name: str, counted: bool) -> torch.Tensor:
-        loss = sum(terms.values())
-        self.check_finite(name, loss.detach())
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss.sum() if loss.dim() else loss)
-        self._clip(opt, net, max_norm)
-        if counted:
-            opt.step()
+        if E is None:
+            rng = (RandomSource.single(torch.Generator(self.device).manual_seed(seed)) if seed is not None
+                   else RandomSource())
         else:
-            self.step_uncounted(opt)
-        return loss
-
-    def check_finite(self, name: str, value: torch.Tensor) -> None:
-        if self.members is None or torch.isfinite(value).all():
-            return super().check_finite(name, value)
-        bad = [s for s, v in zip(self.member_seeds, value.tolist()) if not torch.isfinite(torch.tensor(v))]
-        super().check_finite(f"{name} of the ensemble members with seeds {bad}", value)
-
-    def training_step(self, batch, batch_idx):
-        opt_g, opt_d = self.optimizers()
-        parts = self.parts()
-        iteration = self.global_step
-        with self.toggled_optimizer(opt_d):
-            d = self.objective.d_terms(parts, batch, iteration)
-            loss_d = self._update(opt_d, d, self.discriminator, self.grad_clip_d, "train/loss_d", counted=False)
-        with self.toggled_optimizer(opt_g):
-            g = self.objective.g_terms(parts, batch, iteration)
-            loss_g = self._update(opt_g, g, self.generator, self.grad_clip_g, "train/loss_g", counted=True)
-        scheds = self.lr_schedulers()
-        for sched in scheds if isinstance(scheds, list) else [scheds]:
-            if sched is not None:
-                sched.step()
-        if batch_idx % self.log_every_n_steps == 0:  # means over the members of an ensemble
-            logged = {"train/loss_d": loss_d, "train/loss_g": loss_g,
-                      **{f"train/{k}": v for k, v in {**d, **g}.items()}}
-            self.log_dict({k: v.detach().mean() for k, v in logged.items()}, prog_bar=False)
+            x_T = x_T.expand(E, *x_T.shape).contiguous()
+            seeds = [seed if seed is not None else int(torch.randint(0, 2**62, (1,)))] * E
+            rng = RandomSource([torch.Generator(self.device).manual_seed(s) for s in seeds])
+        return sampler.sample(lambda x, t: self.generator(x, t, self.sample_z(x, rng)), x_T, rng)
 
     def validation_step(self, batch, batch_idx):
         """The generator's x0 reconstruction error from x_t ~ q(x_t | x0) (a health signal), with t, the
