@@ -30,7 +30,7 @@ from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Checkpoint  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
 
-from siddm_lab.cli.common import build_callbacks, build_loggers  # noqa: E402
+from siddm_lab.utils.loggers import build_callbacks, build_loggers  # noqa: E402
 from tests.helpers import compose_cfg  # noqa: E402
 
 warnings.filterwarnings("ignore")

@@ -108,7 +108,7 @@ def test_trainer_options(option, tmp_path):
 
 @pytest.mark.parametrize("option", options("logger"))
 def test_logger_options(option, tmp_path):
-    from siddm_lab.cli.common import build_loggers
+    from siddm_lab.utils.loggers import build_loggers
 
     cfg = compose_cfg([f"logger={option}"], output_dir=tmp_path)
     try:
@@ -126,7 +126,7 @@ def test_logger_options(option, tmp_path):
 
 @pytest.mark.parametrize("option", options("callbacks"))
 def test_callback_options(option, tmp_path):
-    from siddm_lab.cli.common import build_callbacks
+    from siddm_lab.utils.loggers import build_callbacks
 
     cfg = compose_cfg([f"callbacks={option}"], output_dir=tmp_path)
     cbs = build_callbacks(cfg)

@@ -139,7 +139,7 @@ class _NaNAfter(nn.Module):
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     from hydra.utils import instantiate
 
-    from siddm_lab.cli.common import build_callbacks, build_loggers
+    from siddm_lab.utils.loggers import build_callbacks, build_loggers
     from tests.helpers import compose_cfg
 
     cfg = compose_cfg(FAST + TINY_TOY + ["trainer.val_check_interval=5", "model.eval_num_samples=0"], tmp_path)

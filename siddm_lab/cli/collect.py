@@ -528,7 +528,7 @@ def main(argv=None):
             written.append(sc)
     print(f"{len(rows)} jobs, {len(problems)} incomplete; wrote " + ", ".join(str(p) for p in written))
     if args.wandb:
-        from siddm_lab.cli.common import wandb_log_job
+        from siddm_lab.utils.loggers import wandb_log_job
 
         sweep = Path(args.sweep_dir).resolve()
         wandb_log_job(job_type="collect", group=args.wandb_group or sweep.parent.name, name=f"collect {sweep.name}",

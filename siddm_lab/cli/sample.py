@@ -18,21 +18,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from siddm_lab.cli.common import (
-    CONF_DIR,
-    log,
-    run_identity,
-    user_errors,
-    wandb_log_job,
-    write_json,
-    write_resolved_config,
-)
+from siddm_lab.cli.common import CONF_DIR, log, user_errors
 from siddm_lab.config import validate
 from siddm_lab.diffusion import ddim_invert, slerp
 from siddm_lab.errors import ConfigError
 from siddm_lab.evaluation import draw, evaluate
 from siddm_lab.models import SIDDM
 from siddm_lab.models.loading import load_model
+from siddm_lab.utils.loggers import run_identity, wandb_log_job
+from siddm_lab.utils.run_files import write_json, write_resolved_config
 
 MODES = ("sample", "interpolate", "reconstruct")
 GENERATOR_TARGET = "siddm_lab.diffusion.GeneratorChain"

@@ -19,19 +19,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from siddm_lab.cli.common import (
-    CONF_DIR,
-    adopt_csv_header,
-    build_callbacks,
-    build_loggers,
-    log,
-    user_errors,
-    write_json,
-    write_resolved_config,
-)
+from siddm_lab.cli.common import CONF_DIR, log, user_errors
 from siddm_lab.config import validate
 from siddm_lab.errors import ConfigError
 from siddm_lab.resume import resolve_ckpt_path
+from siddm_lab.utils.loggers import adopt_csv_header, build_callbacks, build_loggers
+from siddm_lab.utils.run_files import write_json, write_resolved_config
 
 
 def eval_samplers(cfg: DictConfig, model) -> list:
