@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from siddm_lab.cli.collect import QUALITY_RULE, reaches_quality  # noqa: E402
 from siddm_lab.cli.sample import _datamodule  # noqa: E402
 from siddm_lab.diffusion import build_sampler  # noqa: E402
 from siddm_lab.models.loading import load_model  # noqa: E402
+from siddm_lab.results import QUALITY_RULE, reaches_quality  # noqa: E402
 
 
 def run_case(model, dm, sampler, n: int, repeats: int, seed: int, batch_size: int) -> dict:

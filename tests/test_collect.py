@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from siddm_lab.cli.collect import collect, listing, main, pivot
+from siddm_lab.cli.collect import main
+from siddm_lab.results import collect, listing, pivot
 
 
 def _job(root, name, overrides, metrics=None, raw=None):
@@ -169,7 +170,7 @@ def test_ensemble_members_are_rows_and_missing_members_problems(tmp_path):
 
 
 def test_curves_time_to_quality(tmp_path):
-    from siddm_lab.cli.collect import plot_curves
+    from siddm_lab.results import plot_curves
 
     _ensemble_job(tmp_path, "0", ["+method=a"], [0, 1], [0, 1])
     _ensemble_job(tmp_path, "1", ["+method=b"], [0], [0], history=False)
