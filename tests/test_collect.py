@@ -61,25 +61,25 @@ def test_listing_one_line_per_row(tmp_path):
 
 
 def test_listing_several_metrics_and_paper_column(tmp_path):
-    _job(tmp_path, "0", ["+method=siddm", "seed=0"], {"nfe": 4, "fd": 2.0, "modes": 25})
-    _job(tmp_path, "1", ["+method=siddm", "seed=1"], {"nfe": 4, "fd": 4.0, "modes": 23})
-    _job(tmp_path, "2", ["+method=ddgan", "seed=0"], {"nfe": 4, "fd": 9.0})
+    _job(tmp_path, "0", ["+experiment/siddm_toy=siddm", "seed=0"], {"nfe": 4, "fd": 2.0, "modes": 25})
+    _job(tmp_path, "1", ["+experiment/siddm_toy=siddm", "seed=1"], {"nfe": 4, "fd": 4.0, "modes": 23})
+    _job(tmp_path, "2", ["+experiment/siddm_toy=ddgan", "seed=0"], {"nfe": 4, "fd": 9.0})
     rows, _ = collect(tmp_path)
-    lines = listing(rows, "method", ["fd", "modes"], paper={"siddm": 0.14}).strip().splitlines()
-    assert lines[0] == "| method | NFE | fd | modes | paper |"
+    lines = listing(rows, "experiment/siddm_toy", ["fd", "modes"], paper={"siddm": 0.14}).strip().splitlines()
+    assert lines[0] == "| experiment/siddm_toy | NFE | fd | modes | paper |"
     assert lines[2] == "| ddgan | 4 | 9 | — | — |"  # a metric the job lacks reads as missing
     assert lines[3] == "| siddm | 4 | 3 ± 1.4 | 24 ± 1.4 | 0.14 |"
 
 
 def test_pivot_with_paper_numbers_from_yaml(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    _job(sweep, "0", ["+method=siddm", "diffusion.steps=2", "seed=0"], {"nfe": 2, "fd_2d": 0.5})
-    _job(sweep, "1", ["+method=siddm", "diffusion.steps=4", "seed=0"], {"nfe": 4, "fd_2d": 0.25})
-    _job(sweep, "2", ["+method=ddgan", "diffusion.steps=4", "seed=0"], {"nfe": 4, "fd_2d": 3.0})
+    _job(sweep, "0", ["+experiment/siddm_toy=siddm", "diffusion.steps=2", "seed=0"], {"nfe": 2, "fd_2d": 0.5})
+    _job(sweep, "1", ["+experiment/siddm_toy=siddm", "diffusion.steps=4", "seed=0"], {"nfe": 4, "fd_2d": 0.25})
+    _job(sweep, "2", ["+experiment/siddm_toy=ddgan", "diffusion.steps=4", "seed=0"], {"nfe": 4, "fd_2d": 3.0})
     paper = tmp_path / "paper.yaml"
     paper.write_text("metric: unnamed in the summary\nsource: Xu et al. 2023\n"
                      "values:\n  siddm: {2: 0.14, 4: 1.21}\n  ddgan: {4: 0.49}\n")
-    rc = main([str(sweep), "--rows", "method", "--cols", "diffusion.steps", "--metric", "fd_2d",
+    rc = main([str(sweep), "--rows", "experiment/siddm_toy", "--cols", "diffusion.steps", "--metric", "fd_2d",
                "--paper", str(paper)])
     assert rc == 0
     table = (sweep / "table.md").read_text()
@@ -89,24 +89,24 @@ def test_pivot_with_paper_numbers_from_yaml(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just a list\n")
     with pytest.raises(SystemExit, match="'values' mapping"):
-        main([str(sweep), "--rows", "method", "--paper", str(bad)])
+        main([str(sweep), "--rows", "experiment/siddm_toy", "--paper", str(bad)])
     with pytest.raises(SystemExit, match="one metric with --cols"):
-        main([str(sweep), "--rows", "method", "--cols", "diffusion.steps", "--metric", "fd_2d,nfe"])
+        main([str(sweep), "--rows", "experiment/siddm_toy", "--cols", "diffusion.steps", "--metric", "fd_2d,nfe"])
 
 
 def test_scatter_side_by_side_of_toy_jobs(tmp_path):
     rng = np.random.default_rng(0)
-    for i, (method, seed) in enumerate([("siddm", 0), ("siddm", 1), ("ddgan", 0)]):
-        job = _job(tmp_path, str(i), [f"+method={method}", f"seed={seed}"], {"nfe": 4, "fd_2d": 1.0 + i,
-                                                                                "sample_seconds": 0.1})
+    for i, (row, seed) in enumerate([("siddm", 0), ("siddm", 1), ("ddgan", 0)]):
+        job = _job(tmp_path, str(i), [f"+experiment/siddm_toy={row}", f"seed={seed}"],
+                   {"nfe": 4, "fd_2d": 1.0 + i, "sample_seconds": 0.1})
         np.savez(job / "samples.npz", samples=rng.normal(size=(50, 2)))
-    assert main([str(tmp_path), "--rows", "method", "--scatter"]) == 0
+    assert main([str(tmp_path), "--rows", "experiment/siddm_toy", "--scatter"]) == 0
     png = tmp_path / "samples_side_by_side.png"
     assert png.is_file()
     from PIL import Image
 
     w, h = Image.open(png).size
-    assert w == 2 * h  # one panel per method (seed 0 of each), 4 x 4 inches each
+    assert w == 2 * h  # one panel per row (seed 0 of each), 4 x 4 inches each
 
 
 def test_scatter_skips_image_samples(tmp_path, capsys):
@@ -118,29 +118,31 @@ def test_scatter_skips_image_samples(tmp_path, capsys):
 
 
 def test_ablation_bars_with_paper_numbers(tmp_path):
-    for i, (row, seed, fd) in enumerate([("lambda_0", 0, 9.0), ("lambda_0", 1, 7.0), ("lambda_1", 0, 2.0)]):
-        _job(tmp_path, str(i), [f"+afd_row={row}", f"seed={seed}"], {"nfe": 4, "fd_2d": fd})
+    for i, (row, seed, fd) in enumerate([("no_afd", 0, 9.0), ("no_afd", 1, 7.0), ("full", 0, 2.0)]):
+        _job(tmp_path, str(i), [f"ablation={row}", f"seed={seed}"], {"nfe": 4, "fd_2d": fd})
     paper = tmp_path / "paper.yaml"
-    paper.write_text("values: {lambda_0: 77.15, lambda_1: 2.24}\n")
-    assert main([str(tmp_path), "--rows", "afd_row", "--metric", "fd_2d", "--bars", "--paper", str(paper)]) == 0
+    paper.write_text("values: {no_afd: 77.15, full: 2.24}\n")
+    assert main([str(tmp_path), "--rows", "ablation", "--metric", "fd_2d", "--bars", "--paper", str(paper)]) == 0
     assert (tmp_path / "fd_2d_bars.png").is_file()
     table = (tmp_path / "table.md").read_text()
-    assert "| lambda_0 | 4 | 8 ± 1.4 | 77.15 |" in table and "| lambda_1 | 4 | 2 | 2.24 |" in table
+    assert "| no_afd | 4 | 8 ± 1.4 | 77.15 |" in table and "| full | 4 | 2 | 2.24 |" in table
 
 
 def test_scatter_grid_rows_by_cols(tmp_path):
     rng = np.random.default_rng(1)
     i = 0
-    for method in ("siddm", "ddgan"):
+    for row in ("siddm", "ddgan"):
         for steps in (2, 4, 8):
-            job = _job(tmp_path, str(i), [f"+method={method}", f"diffusion.steps={steps}"], {"nfe": steps, "fd": 1.0})
+            job = _job(tmp_path, str(i), [f"+experiment/siddm_toy={row}", f"diffusion.steps={steps}"],
+                       {"nfe": steps, "fd": 1.0})
             np.savez(job / "samples.npz", samples=rng.normal(size=(20, 2)))
             i += 1
-    assert main([str(tmp_path), "--rows", "method", "--cols", "diffusion.steps", "--metric", "fd", "--scatter"]) == 0
+    assert main([str(tmp_path), "--rows", "experiment/siddm_toy", "--cols", "diffusion.steps", "--metric", "fd",
+                 "--scatter"]) == 0
     from PIL import Image
 
     w, h = Image.open(tmp_path / "samples_side_by_side.png").size
-    assert (w, h) == (1200, 800)  # 2 methods x 3 values of T, 4 inches at 100 dpi each
+    assert (w, h) == (1200, 800)  # 2 rows x 3 values of T, 4 inches at 100 dpi each
 
 
 def _ensemble_job(root, name, overrides, seeds, done, history=True):
@@ -158,26 +160,26 @@ def _ensemble_job(root, name, overrides, seeds, done, history=True):
 
 
 def test_ensemble_members_are_rows_and_missing_members_problems(tmp_path):
-    _ensemble_job(tmp_path, "0_method=a", ["+method=a", "seeds=[0,1,2]"], [0, 1, 2], [0, 1, 2])
-    _ensemble_job(tmp_path, "1_method=b", ["+method=b", "seeds=[0,1,2]"], [0, 1, 2], [0, 2])
+    _ensemble_job(tmp_path, "0_row=a", ["+row=a", "seeds=[0,1,2]"], [0, 1, 2], [0, 1, 2])
+    _ensemble_job(tmp_path, "1_row=b", ["+row=b", "seeds=[0,1,2]"], [0, 1, 2], [0, 2])
     rows, problems = collect(tmp_path)
-    assert sorted((r["method"], r["seed"]) for r in rows) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 2)]
-    assert problems == [f"{tmp_path / '1_method=b'}: no results for the ensemble members with seeds [1]"]
-    assert {r["job"] for r in rows if r["method"] == "a"} == {"0_method=a/seed_0", "0_method=a/seed_1",
-                                                              "0_method=a/seed_2"}
-    lines = listing(rows, "method", "hq_ratio").strip().splitlines()
+    assert sorted((r["row"], r["seed"]) for r in rows) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 2)]
+    assert problems == [f"{tmp_path / '1_row=b'}: no results for the ensemble members with seeds [1]"]
+    assert {r["job"] for r in rows if r["row"] == "a"} == {"0_row=a/seed_0", "0_row=a/seed_1",
+                                                              "0_row=a/seed_2"}
+    lines = listing(rows, "row", "hq_ratio").strip().splitlines()
     assert lines[2] == "| a | 4 | 0.2 ± 0.1 |"
 
 
 def test_curves_time_to_quality(tmp_path):
     from siddm_lab.results import plot_curves
 
-    _ensemble_job(tmp_path, "0", ["+method=a"], [0, 1], [0, 1])
-    _ensemble_job(tmp_path, "1", ["+method=b"], [0], [0], history=False)
+    _ensemble_job(tmp_path, "0", ["+row=a"], [0, 1], [0, 1])
+    _ensemble_job(tmp_path, "1", ["+row=b"], [0], [0], history=False)
     rows, _ = collect(tmp_path)
-    assert plot_curves(rows, tmp_path, "hq_ratio", "method", tmp_path / "c.png") == tmp_path / "c.png"
-    assert plot_curves(rows, tmp_path, "nope", "method", tmp_path / "d.png") is None
-    assert main([str(tmp_path), "--rows", "method", "--metric", "hq_ratio", "--curves", "hq_ratio"]) == 0
+    assert plot_curves(rows, tmp_path, "hq_ratio", "row", tmp_path / "c.png") == tmp_path / "c.png"
+    assert plot_curves(rows, tmp_path, "nope", "row", tmp_path / "d.png") is None
+    assert main([str(tmp_path), "--rows", "row", "--metric", "hq_ratio", "--curves", "hq_ratio"]) == 0
     assert (tmp_path / "hq_ratio_vs_iterations.png").is_file()
 
 
@@ -197,26 +199,26 @@ def test_baseline_comparison_says_whether_each_row_reaches_its_quality(tmp_path,
 
 
 def test_unknown_rows_key_or_metric_is_an_error(tmp_path):
-    _job(tmp_path, "0_a", ["method=siddm"], {"fd_2d": 1.0, "nfe": 4})
-    with pytest.raises(SystemExit, match=r"--rows nosuchkey: no job has this config key; keys of these jobs: .*method"):
+    _job(tmp_path, "0_a", ["row=siddm"], {"fd_2d": 1.0, "nfe": 4})
+    with pytest.raises(SystemExit, match=r"--rows nosuchkey: no job has this config key; keys of these jobs: .*row"):
         main([str(tmp_path), "--rows", "nosuchkey"])
     with pytest.raises(SystemExit, match=r"--metric nosuchmetric: no job has this metric; keys of these jobs: .*fd_2d"):
-        main([str(tmp_path), "--rows", "method", "--metric", "nosuchmetric"])
-    assert main([str(tmp_path), "--rows", "method"]) == 0
+        main([str(tmp_path), "--rows", "row", "--metric", "nosuchmetric"])
+    assert main([str(tmp_path), "--rows", "row"]) == 0
 
 
 def test_malformed_metrics_json_skips_the_job_with_a_warning_naming_the_file(tmp_path, capsys):
     """One job of a sweep that wrote garbage is left out with a warning that names its file and what is
     wrong; the others are tabulated (exit status 1: the table is incomplete), never a traceback."""
-    _job(tmp_path, "0", ["+method=a", "seed=0"], {"nfe": 4, "fd_2d": 1.0, "model": "SIDDM"})
-    _job(tmp_path, "1", ["+method=a", "seed=1"], {"nfe": 4, "fd_2d": "nan"})  # a diverged run (write_json)
-    _job(tmp_path, "2", ["+method=b", "seed=0"], raw="[1, 2]")
-    _job(tmp_path, "3", ["+method=b", "seed=1"], {"nfe": "abc", "fd_2d": 3.0})
-    _job(tmp_path, "4", ["+method=b", "seed=2"], {"nfe": 4, "fd_2d": [3.0]})
-    _job(tmp_path, "5", ["+method=b", "seed=3"], {"nfe": 4, "fd_2d": True})
-    _job(tmp_path, "6", ["+method=c", "seed=0"], {"nfe": 4, "fd_2d": 2.0})
+    _job(tmp_path, "0", ["+row=a", "seed=0"], {"nfe": 4, "fd_2d": 1.0, "model": "SIDDM"})
+    _job(tmp_path, "1", ["+row=a", "seed=1"], {"nfe": 4, "fd_2d": "nan"})  # a diverged run (write_json)
+    _job(tmp_path, "2", ["+row=b", "seed=0"], raw="[1, 2]")
+    _job(tmp_path, "3", ["+row=b", "seed=1"], {"nfe": "abc", "fd_2d": 3.0})
+    _job(tmp_path, "4", ["+row=b", "seed=2"], {"nfe": 4, "fd_2d": [3.0]})
+    _job(tmp_path, "5", ["+row=b", "seed=3"], {"nfe": 4, "fd_2d": True})
+    _job(tmp_path, "6", ["+row=c", "seed=0"], {"nfe": 4, "fd_2d": 2.0})
     for extra in ([], ["--cols", "nfe"]):
-        rc = main([str(tmp_path), "--rows", "method", "--metric", "fd_2d", "--bars", *extra])
+        rc = main([str(tmp_path), "--rows", "row", "--metric", "fd_2d", "--bars", *extra])
         assert rc == 1
         err = capsys.readouterr().err
         assert f"{tmp_path / '2' / 'metrics.json'}: " in err and "not a JSON object" in err and "list" in err
@@ -235,11 +237,11 @@ def test_no_job_left_after_malformed_metrics_is_an_error_without_traceback(tmp_p
 
     from tests.conftest import ROOT
 
-    _job(tmp_path, "0", ["+method=a"], {"nfe": "abc", "fd_2d": 1.0})
-    _job(tmp_path, "1", ["+method=b"], raw='"just a string"')
+    _job(tmp_path, "0", ["+row=a"], {"nfe": "abc", "fd_2d": 1.0})
+    _job(tmp_path, "1", ["+row=b"], raw='"just a string"')
     with pytest.raises(SystemExit, match="no job with a usable metrics.json"):
-        main([str(tmp_path), "--rows", "method"])
-    res = subprocess.run([sys.executable, "-m", "siddm_lab.collect", str(tmp_path), "--rows", "method"], cwd=ROOT,
+        main([str(tmp_path), "--rows", "row"])
+    res = subprocess.run([sys.executable, "-m", "siddm_lab.collect", str(tmp_path), "--rows", "row"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "Traceback" not in res.stderr, res.stderr[-2000:]

@@ -20,9 +20,16 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_options():
     for group in ("model", "dataset", "net", "schedule", "trainer", "logger", "callbacks", "paths",
-                  "experiment", "hydra", "sampler", "subsequence", "subsampling", "ablation", "method", "afd_row",
-                  "discriminator", "objective"):
+                  "experiment", "hydra", "sampler", "subsequence", "ablation", "discriminator", "objective"):
         assert options(group), group
+
+
+def test_only_experiments_set_several_groups():
+    """One axis per group: an option that writes at the top level (``@package _global_``: it sets keys or
+    groups of other axes) is an experiment, or the row of a table experiment (conf/experiment/<table>/)."""
+    bundles = [str(p.relative_to(CONF_DIR)) for p in sorted(CONF_DIR.rglob("*.yaml"))
+               if p.read_text().startswith("# @package _global_") and p.relative_to(CONF_DIR).parts[0] != "experiment"]
+    assert bundles == []
 
 
 @pytest.mark.parametrize("schedule", options("schedule"))
@@ -42,6 +49,19 @@ def test_schedule_options_instantiate(schedule):
     assert torch.all(ab[1:] < ab[:-1])  # noise increases monotonically
     if "zsnr" in schedule:
         assert float(ab[-1]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_schedule_options_are_distinct_schedules():
+    """No two schedule options give the same betas (a sweep over the group would train one schedule twice)."""
+    betas = {}
+    for schedule in options("schedule"):
+        steps = 4 if schedule.startswith("ddgan") or schedule.endswith("continuous") else 1000
+        cfg = compose_cfg([f"schedule={schedule}", f"diffusion.steps={steps}"])
+        diffusion = instantiate(cfg.schedule)
+        if isinstance(diffusion, GaussianDiffusion):
+            betas[schedule] = diffusion.betas
+    same = [(a, b) for a in betas for b in betas if a < b and torch.equal(betas[a], betas[b])]
+    assert same == []
 
 
 TOY = [d for d in options("dataset") if d in ("gaussians25", "gaussians25_siddm", "gaussians25_released", "ring8",
@@ -172,7 +192,7 @@ def test_ddim_table1_sweep_is_the_papers_grid():
                                             ("first100last100", "first_k_last_k", None),
                                             ("quadratic10", "quadratic", 10), ("quadratic100", "quadratic", 100)])
 def test_subsampling_rows(row, name, steps):
-    cfg = compose_sample(["experiment=subsampling_table", "ckpt=x.ckpt", f"+subsampling={row}"])
+    cfg = compose_sample(["experiment=subsampling_table", "ckpt=x.ckpt", f"+experiment/subsampling_table={row}"])
     validate(cfg)
     assert cfg.subsequence.name == name and cfg.sampler.steps == steps
 
@@ -287,17 +307,21 @@ def test_ablation_options(option):
     assert objective.uses_disc_reg == abl.disc_reg and objective.adversarial == float(abl.adversarial)
 
 
-@pytest.mark.parametrize("group,row", [("method", m) for m in options("method")]
-                         + [("afd_row", r) for r in options("afd_row")])
-def test_table_rows_compose(group, row):
-    experiment = "siddm_toy" if group == "method" else "siddm_ablation_afd"
-    if row.endswith("_image"):
-        experiment = "table_cifar10_main"
-    if "released" in row:
-        experiment = "siddm_toy_released"
-    cfg = compose_cfg([f"experiment={experiment}", f"+{group}={row}"])
+@pytest.mark.parametrize("table,row", [(t, r) for t in ("siddm_toy", "siddm_toy_released", "table_cifar10_main")
+                                       for r in options(f"experiment/{t}")])
+def test_table_rows_compose(table, row):
+    """The rows of the training tables whose rows differ in more than one group (conf/experiment/<table>/)."""
+    cfg = compose_cfg([f"experiment={table}", f"+experiment/{table}={row}"])
     validate(cfg)
-    instantiate(cfg.model)
+    model = instantiate(cfg.model)
+    loss = type(model.objective).__name__
+    if table == "table_cifar10_main" and row == "ddpm_image":
+        assert cfg.diffusion.steps == 1000 and cfg.schedule.name == "linear" and loss == "DDPMLoss"
+    elif "ddgan" in row:
+        assert getattr(model.objective, "joint", False) or loss == "DDGANLoss"
+        assert cfg.ablation.lambda_afd == 0.0
+    else:
+        assert cfg.ablation.lambda_afd == (0.0 if "no_afd" in row else 1.0) and "SIDDM" in loss
 
 
 @pytest.mark.parametrize("option", options("discriminator"))

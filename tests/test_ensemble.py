@@ -51,7 +51,7 @@ TINY = FAST + ["dataset.n_train=1024", "dataset.n_val=64", "dataset.n_eval=300",
                "model.eval_num_samples=100", "eval.num_samples=200", "eval.batch_size=200",
                "trainer.max_steps=6", "trainer.val_check_interval=3"]
 RECIPES = {
-    "paper": ["experiment=siddm_toy", "+method=siddm", "net.hidden=16", "discriminator.hidden=16",
+    "paper": ["experiment=siddm_toy", "net.hidden=16", "discriminator.hidden=16",
               "model.objective.r1_gamma=0.1", "model.grad_clip_g=0.5", "callbacks.ema.decay=0.9"],
     "released": ["experiment=siddm_toy_released", "net.hidden=16", "discriminator.hidden=16", "eval.steps=[4,2]"],
 }

@@ -21,7 +21,6 @@ from siddm_lab.diffusion.schedules import (
     cosine_betas,
     ddgan_vp_betas,
     make_betas,
-    quadratic_betas,
     rescale_zero_terminal_snr,
     scaled_linear_betas,
 )
@@ -72,12 +71,19 @@ def test_linear_closed_form_float64():
     assert betas[-1].item() == pytest.approx(0.02, abs=1e-16)
 
 
-def test_scaled_linear_and_quadratic_closed_form():
+def test_scaled_linear_closed_form():
     T = 37
     ref = torch.from_numpy(np.linspace(math.sqrt(1e-4), math.sqrt(0.02), T) ** 2)
     torch.testing.assert_close(make_betas("scaled_linear", T), ref, rtol=1e-14, atol=0)
-    torch.testing.assert_close(make_betas("quadratic", T), ref, rtol=1e-14, atol=0)
-    assert quadratic_betas is scaled_linear_betas
+    torch.testing.assert_close(scaled_linear_betas(T), ref, rtol=1e-14, atol=0)
+
+
+def test_quadratic_is_not_a_second_name_for_scaled_linear():
+    """ermongroup/ddim's "quad" betas are linspace-of-sqrt squared, scaled_linear's curve: one name only,
+    and the old name says which one to use."""
+    assert "quadratic" not in SCHEDULES
+    with pytest.raises(ConfigError, match=r"schedule.name='quadratic'.*scaled_linear"):
+        make_betas("quadratic", 10)
 
 
 def test_sigmoid_closed_form_float64():
@@ -253,7 +259,7 @@ def test_bad_T_raises_config_error(T):
         make_betas("linear", T)
 
 
-@pytest.mark.parametrize("name", ["linear", "scaled_linear", "quadratic", "sigmoid"])
+@pytest.mark.parametrize("name", ["linear", "scaled_linear", "sigmoid"])
 @pytest.mark.parametrize(
     "start,end", [(0.02, 0.02), (0.02, 1e-4), (0.0, 0.02), (1e-4, 1.0), (-1e-4, 0.02)]
 )

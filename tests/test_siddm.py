@@ -103,7 +103,7 @@ def test_each_ablation_switches_exactly_its_terms(ablation):
 @pytest.mark.parametrize("overrides", [["model=siddm", f"ablation={a}"] for a in sorted(TERMS)]
                          + [["model=ddgan"], ["model=siddm", "model.objective.r1_gamma=0.1"],
                             ["experiment=siddm_toy_released"],
-                            ["experiment=siddm_toy_released", "+method=ddgan_released"]])
+                            ["experiment=siddm_toy_released", "+experiment/siddm_toy_released=ddgan_released"]])
 def test_every_parameter_takes_part_in_its_loss(overrides):
     """What plain DDP needs (no find_unused_parameters): in each step, every parameter of the net
     being updated gets a gradient, for every objective and ablation (the model builds only used heads)."""

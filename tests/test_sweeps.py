@@ -29,7 +29,7 @@ SWEEPS = {
     "table_celebahq256": ("train", 2),
     "table_imagenet64": ("train", 2),
     "variance_5seeds": ("train", 3),
-    "schedule_comparison": ("train", 15),
+    "schedule_comparison": ("train", 12),
     "ddim_table1": ("sample", 25),
     "subsampling_table": ("sample", 5),
 }

@@ -13,7 +13,7 @@ import torch
 
 from siddm_lab.errors import ConfigError
 
-SCHEDULES = ("linear", "scaled_linear", "cosine", "quadratic", "sigmoid", "ddgan_vp")
+SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid", "ddgan_vp")
 
 
 def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -22,12 +22,8 @@ def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> to
 
 
 def scaled_linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """Latent-diffusion "scaled_linear": linspace(sqrt β_start, sqrt β_end, T)²."""
+    """Latent-diffusion "scaled_linear": linspace(sqrt β_start, sqrt β_end, T)² (ermongroup/ddim's "quad")."""
     return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
-
-
-# ermongroup/ddim calls linspace-of-sqrt "quad"; it is the same curve as scaled_linear.
-quadratic_betas = scaled_linear_betas
 
 
 def sigmoid_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -101,7 +97,10 @@ def make_betas(
     """β_1..β_T (float64, shape [T]) for a named schedule; validates its arguments."""
     if not isinstance(T, int) or isinstance(T, bool) or T < 1:
         raise ConfigError(f"diffusion.steps must be a positive integer, got {T!r}")
-    if name in ("linear", "scaled_linear", "quadratic", "sigmoid"):
+    if name == "quadratic":  # ermongroup/ddim's name for the same betas; one name per schedule
+        raise ConfigError("schedule.name='quadratic' is not a schedule of its own: its betas are scaled_linear's "
+                          "(linspace(sqrt beta_start, sqrt beta_end, T)^2); use schedule=scaled_linear")
+    if name in ("linear", "scaled_linear", "sigmoid"):
         if not (0.0 < beta_start < beta_end < 1.0):
             raise ConfigError(
                 f"schedule '{name}' needs 0 < beta_start < beta_end < 1, "
@@ -109,7 +108,7 @@ def make_betas(
             )
     if name == "linear":
         betas = linear_betas(T, beta_start, beta_end)
-    elif name in ("scaled_linear", "quadratic"):
+    elif name == "scaled_linear":
         betas = scaled_linear_betas(T, beta_start, beta_end)
     elif name == "sigmoid":
         betas = sigmoid_betas(T, beta_start, beta_end)
