@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_CELL = ["experiment=siddm_toy", "+method=siddm", "diffusion.steps=4"]
+DEFAULT_CELL = ["experiment=siddm_toy", "diffusion.steps=4"]  # the table's SIDDM T=4 cell
 
 
 def run_cli(overrides, out_dir, threads):
@@ -65,9 +65,9 @@ def build_cell(cell, overrides, seeds, device="cpu"):
     from hydra.utils import instantiate
 
     from siddm_lab.cli.train import build_model
-    from tests.helpers import compose_cfg
+    from siddm_lab.config import compose
 
-    cfg = compose_cfg([*cell, *overrides])
+    cfg = compose([*cell, *overrides])
     dm = instantiate(cfg.dataset)
     dm.setup()
     model = build_model(cfg, dm).to(device)

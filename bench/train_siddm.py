@@ -26,8 +26,8 @@ from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Checkpoint  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
 
+from siddm_lab.config import compose  # noqa: E402
 from siddm_lab.utils.loggers import build_callbacks, build_loggers  # noqa: E402
-from tests.helpers import compose_cfg  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -46,9 +46,8 @@ class _IterTimer(L.Callback):
 
 def config(out_dir):
     # the table's recipe (R1 every iteration in both)
-    return compose_cfg(["experiment=siddm_toy", "+method=siddm",
-                        "trainer.enable_progress_bar=false", "trainer.val_check_interval=100000",
-                        "model.eval_num_samples=0", "logger=csv"], out_dir)
+    return compose(["experiment=siddm_toy", "trainer.enable_progress_bar=false", "trainer.val_check_interval=100000",
+                    "model.eval_num_samples=0", "logger=csv"], output_dir=out_dir)
 
 
 def run_siddm(cfg, iters, warmup):

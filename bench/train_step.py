@@ -30,8 +30,8 @@ from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Checkpoint  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
 
+from siddm_lab.config import compose  # noqa: E402
 from siddm_lab.utils.loggers import build_callbacks, build_loggers  # noqa: E402
-from tests.helpers import compose_cfg  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -59,7 +59,7 @@ def case_config(case: str, out_dir: Path):
                      "dataset.batch_size=32"]
     overrides += ["trainer.enable_progress_bar=false", "trainer.val_check_interval=100000",
                   "model.eval_num_samples=0", "logger=csv"]
-    return compose_cfg(overrides, output_dir=out_dir)
+    return compose(overrides, output_dir=out_dir)
 
 
 def run_siddm(cfg, steps: int, warmup: int) -> float:

@@ -6,10 +6,11 @@ Hydra already rejects unknown group options ("Could not find 'schedule/foo'. Ava
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from siddm_lab.diffusion import PREDICTION_TYPES, SCHEDULES, SUBSEQUENCES, VARIANCE_TYPES
 from siddm_lab.errors import ConfigError
@@ -112,3 +113,24 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={steps!r} is invalid: expected null (all steps) or a positive integer")
         if T is not _MISSING and steps > T:
             raise ConfigError(f"{key}={steps} is larger than the schedule: diffusion.steps={T}; allowed: 1..{T}")
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None,
+            return_hydra_config: bool = False) -> DictConfig:
+    """The config ``siddm-train`` (``config_name="train"``) or ``siddm-sample`` (``"sample"``) would run
+    with these command-line ``overrides``, composed with Hydra's compose API outside an app (benchmarks,
+    tests, notebooks). ``paths.output_dir`` is Hydra's run folder inside an app; give ``output_dir`` for
+    anything that writes files."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from siddm_lab.cli.common import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg

@@ -51,6 +51,26 @@ def test_schedule_options_instantiate(schedule):
         assert float(ab[-1]) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("module", ["train_step", "train_siddm", "toy_table_throughput"])
+def test_bench_composes_configs_without_the_tests_package(module, tmp_path):
+    """The benchmarks build their configs with siddm_lab.config.compose (the package's own compose API),
+    so they run where the tests are not installed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (f"import sys; sys.modules['tests'] = None; sys.argv = ['x']; import runpy; "
+            f"g = runpy.run_path('bench/{module}.py', run_name='bench'); "
+            f"from siddm_lab.config import compose; "
+            f"cfg = compose(['experiment=siddm_toy'], output_dir={str(tmp_path)!r}); "
+            f"assert cfg.paths.output_dir == {str(tmp_path)!r} and cfg.model._target_.endswith('SIDDM')")
+    if module == "toy_table_throughput":  # it composes inside a function
+        code += "; m, x = g['build_cell'](g['DEFAULT_CELL'], ['net.hidden=8'], [0]); assert x.shape[-1] == 2"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_schedule_options_are_distinct_schedules():
     """No two schedule options give the same betas (a sweep over the group would train one schedule twice)."""
     betas = {}
