@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from siddm_lab.data import (
-    READERS,
     GaussianGrid,
     GaussianRing,
     ImageDataModule,
@@ -221,7 +220,6 @@ def test_read_mnist_tiny(tmp_path, gz, split):
     assert y.shape == (7,) and y.dtype == np.int64
     np.testing.assert_array_equal(x[:, 0], images)
     np.testing.assert_array_equal(y, labels.astype(np.int64))
-    assert READERS["mnist"] is read_mnist
 
 
 def test_read_mnist_reads_the_requested_split(tmp_path):
@@ -585,7 +583,6 @@ def test_read_image_folder_classes_and_shapes(tmp_path):
     assert g.shape == (3, 1, 4, 4)
     # PIL's L conversion: 299/1000 · 255 ≈ 76
     assert abs(int(g[0, 0, 0, 0]) - 76) <= 1
-    assert READERS["image_folder"] is read_image_folder
 
 
 def test_read_image_folder_split_subdir(tmp_path):

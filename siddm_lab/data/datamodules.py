@@ -114,8 +114,6 @@ class ToyDataModule(_Base):
     grid at (5i, 5j)) while the networks see unit-scale data.
     """
 
-    kind = "toy"
-
     def __init__(self, distribution: ToyDistribution, n_train: int = 100_000, n_val: int = 4096,
                  n_eval: int = 10_000, batch_size: int = 512, num_workers: int = 0, seed: int = 0,
                  eval_batch_size: int | None = None, mmd_max_points: int = 5000, data_dim: int = 2,
@@ -217,7 +215,8 @@ class _FlipToModelSpace:
 
 
 class ImageDataModule(_Base):
-    """Images from a reader (``siddm_lab.data.images.READERS``), held in memory as uint8.
+    """Images from a reader (``siddm_lab.data.images``: ``read_mnist``, ``read_cifar10``, ...), held in memory
+    as uint8.
 
     Args:
         reader: ``(split) -> (uint8 [N,C,H,W], labels)``, e.g. ``functools.partial(read_mnist, root)``.
@@ -226,8 +225,6 @@ class ImageDataModule(_Base):
         pad_to: zero-pad (in model space: -1) to this size, e.g. MNIST 28 -> 32.
         hflip: random horizontal flips (CIFAR-10 recipe; off for digits).
     """
-
-    kind = "image"
 
     def __init__(self, reader: Callable, batch_size: int = 128, num_workers: int = 0,
                  subset: int | None = None, val_size: int = 1000, pad_to: int | None = None,

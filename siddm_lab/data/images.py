@@ -213,10 +213,3 @@ def read_image_folder(root, split: str = "train", verify: str = "none", image_si
         labels[i] = class_idx[p.parent.relative_to(pool).as_posix()]
     return out, labels
 
-
-READERS = {
-    "mnist": read_mnist,
-    "cifar10": read_cifar10,
-    "digits": read_digits,
-    "image_folder": read_image_folder,
-}

@@ -73,9 +73,6 @@ class RandomSource:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(x.shape, x.device, x.dtype)
 
-    def rand_like(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rand(x.shape, x.device, x.dtype)
-
     def batch_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         """The sample dims of a batch: x.shape[:1] (one model) or x.shape[:2] (ensemble)."""
         return tuple(x.shape[: self.batch_ndim()])
