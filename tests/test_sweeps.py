@@ -92,7 +92,9 @@ def test_first_job_of_each_image_table_runs_tiny(experiment, tmp_path):
         data = [f"paths.data_dir={tmp_path / 'data'}", "dataset.reader.verify=none"]
     else:
         size = 256 if "celebahq" in experiment else 64
-        data = [f"paths.data_dir={_image_folder(tmp_path / 'data', size=size)}", "dataset.val_size=2"]
+        for split in ("train", "test"):  # the folder layout with its own test split
+            _image_folder(tmp_path / "data" / split, size=size)
+        data = [f"paths.data_dir={tmp_path / 'data'}", "dataset.val_size=2"]
     metrics, cfg = run_train([f"experiment={experiment}", *job, *data, *TINY_IMAGES], tmp_path / "run")
     assert metrics["global_step"] == 2
     assert cfg.model._target_.endswith("SIDDM") and cfg.model.objective._target_.endswith("SIDDMLoss")
