@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from siddm_lab.cli.sample import _datamodule  # noqa: E402
 from siddm_lab.diffusion import build_sampler  # noqa: E402
+from siddm_lab.evaluation import data_metrics  # noqa: E402
 from siddm_lab.models.loading import load_model  # noqa: E402
 from siddm_lab.results import QUALITY_RULE, reaches_quality  # noqa: E402
 
@@ -43,7 +44,7 @@ def run_case(model, dm, sampler, n: int, repeats: int, seed: int, batch_size: in
         if samples.is_cuda:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-    metrics = dm.evaluate(samples)
+    metrics = data_metrics(dm, samples)
     return {"nfe": sampler.nfe, "seconds": best, **{k: float(v) for k, v in metrics.items()}}
 
 

@@ -64,8 +64,8 @@ def build_cell(cell, overrides, seeds, device="cpu"):
     import torch
     from hydra.utils import instantiate
 
-    from siddm_lab.cli.train import build_model
     from siddm_lab.config import compose
+    from siddm_lab.training import build_model
 
     cfg = compose([*cell, *overrides])
     dm = instantiate(cfg.dataset)

@@ -15,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from siddm_lab.diffusion import PREDICTION_TYPES, SCHEDULES, SUBSEQUENCES, VARIANCE_TYPES
 from siddm_lab.errors import ConfigError
 
+# The project's Hydra config groups (conf/ beside the package).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
 _MISSING = object()
 ABLATION_KEYS = ("name", "lambda_afd", "afd_form", "entropy", "disc_reg", "lambda_disc_reg", "adversarial")
 
@@ -63,8 +66,8 @@ RULES: list[Rule] = [
     ("eval.num_samples", lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
     ("eval.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("eval.seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    ("ablation.lambda_afd", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    ("ablation.lambda_disc_reg", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    ("ablation.lambda_afd", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
+    ("ablation.lambda_disc_reg", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
     ("ablation.afd_form", lambda v: v in ("released", "paper"), "one of released, paper"),
     ("model.z_dist", lambda v: v in ("normal", "uniform"), "one of normal, uniform"),
     # Interpolated into the nets (in_channels, image_size, cond_dim): named here under the key the user sets.
@@ -124,8 +127,6 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train", output_di
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from siddm_lab.cli.common import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):

@@ -270,6 +270,8 @@ def test_unknown_group_option_lists_allowed():
         ("diffusion.steps=abc", "diffusion.steps"),
         ("diffusion.steps=0", "diffusion.steps"),
         ("model.prediction_type=score", "model.prediction_type"),
+        ("ablation.lambda_afd=inf", "ablation.lambda_afd"),
+        ("ablation.lambda_disc_reg=inf", "ablation.lambda_disc_reg"),
         ("sampler.variance_type=learned", "sampler.variance_type"),
         ("dataset.batch_size=0", "dataset.batch_size"),
         ("dataset.batch_size=1.5", "dataset.batch_size"),

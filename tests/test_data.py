@@ -28,6 +28,7 @@ from siddm_lab.data import (
 )
 from siddm_lab.data.idx import check_file, md5sum, read_idx
 from siddm_lab.errors import ConfigError, DataError
+from siddm_lab.evaluation import data_metrics
 
 # --------------------------------------------------------------------------------------------
 # toy distributions
@@ -723,7 +724,7 @@ def test_toy_datamodule_reproducible():
 def test_toy_datamodule_evaluate_perfect_samples():
     dm = _toy_dm()
     samples = dm.distribution.sample(5000, torch.Generator().manual_seed(99))
-    m = dm.evaluate(samples)
+    m = data_metrics(dm, samples)
     assert set(m) == {"fd_2d", "mmd_poly2", "mmd_poly2_std", "mmd_rbf", "modes_covered", "hq_ratio", "mode_kl"}
     assert m["modes_covered"] == 25
     # within 3 std of a 2-D isotropic Gaussian: P = 1 - exp(-9/2) ≈ 0.9889
@@ -733,7 +734,8 @@ def test_toy_datamodule_evaluate_perfect_samples():
     assert abs(m["mmd_poly2"]) < 0.05 and abs(m["mmd_rbf"]) < 0.01 and abs(m["mmd_poly2_std"]) < 0.05
     assert 0 <= m["mode_kl"] < 0.02
     # a collapsed generator is clearly worse on every metric
-    bad = dm.evaluate(
+    bad = data_metrics(
+        dm,
         torch.zeros(5000, 2)
         + 0.01 * torch.randn(5000, 2, generator=torch.Generator().manual_seed(0))
     )
@@ -746,7 +748,7 @@ def test_toy_datamodule_evaluate_without_centres(tmp_path):
     dm = ToyDataModule(
         SwissRoll(), n_train=512, n_val=64, n_eval=1000, batch_size=64, mmd_max_points=500
     )
-    m = dm.evaluate(SwissRoll().sample(1000, torch.Generator().manual_seed(5)))
+    m = data_metrics(dm, SwissRoll().sample(1000, torch.Generator().manual_seed(5)))
     assert set(m) == {"fd_2d", "mmd_poly2", "mmd_poly2_std", "mmd_rbf"}
     assert m["fd_2d"] < 0.05
     png = dm.save_samples(torch.randn(100, 2), tmp_path, stem="roll")
@@ -936,7 +938,7 @@ def test_image_datamodule_save_samples_and_evaluate(tmp_path, channels):
     assert saved.min() == 0 and saved.max() == 255  # clamped to [-1, 1] before conversion
     expected = ((s.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     np.testing.assert_array_equal(saved, expected)
-    m = dm.evaluate(s)
+    m = data_metrics(dm, s)
     assert set(m) == {"sample_mean", "sample_std", "frac_out_of_range"}
     assert m["sample_mean"] == pytest.approx(0.0, abs=1e-6)
     assert m["frac_out_of_range"] == pytest.approx(float(((s < -1) | (s > 1)).float().mean()))
@@ -955,10 +957,10 @@ def test_toy_normalize_trains_on_unit_scale_and_evaluates_in_data_units(tmp_path
     assert float(norm.scale) == pytest.approx(float(x_raw.std(0).pow(2).mean().sqrt()), rel=1e-6)
     assert torch.equal(raw.reference, norm.reference)  # metrics compare in the grid's own units
     # evaluating model-space samples of the data itself gives the data's own metrics
-    m = norm.evaluate(norm.to_model_space(grid.sample(4000, torch.Generator().manual_seed(3))))
+    m = data_metrics(norm, norm.to_model_space(grid.sample(4000, torch.Generator().manual_seed(3))))
     assert m["modes_covered"] == 25 and m["fd_2d"] < 0.5  # sampling noise of 4000 points, variance ~50
     # raw samples read as model-space points land far off the grid
-    assert norm.evaluate(grid.sample(4000, torch.Generator().manual_seed(3)))["fd_2d"] > 10
+    assert data_metrics(norm, grid.sample(4000, torch.Generator().manual_seed(3)))["fd_2d"] > 10
     norm.save_samples(x_norm[:100], tmp_path, stem="s")
     assert np.allclose(np.load(tmp_path / "s.npz")["samples"], x_raw[:100].numpy(), atol=1e-4)
     assert torch.equal(raw.to_data_space(x_raw), x_raw)  # the identity without normalize
@@ -974,7 +976,7 @@ def test_mmd_poly2_std_is_the_released_codes_standardised_mmd():
     ref = dm.reference[: dm.mmd_max_points].double()
     mu, sd = float(dm.reference.double().mean()), float(dm.reference.double().numpy().std())
     expected = mmd((x[: dm.mmd_max_points].double() - mu) / sd, (ref - mu) / sd, kernel="poly", degree=2)
-    assert dm.evaluate(x)["mmd_poly2_std"] == pytest.approx(expected, rel=1e-9)
+    assert data_metrics(dm, x)["mmd_poly2_std"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_balanced_grid_has_equal_modes_in_random_order():

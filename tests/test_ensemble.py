@@ -121,8 +121,8 @@ def test_ensembles_of_unsupported_models_are_refused(tmp_path):
 def test_nan_in_one_member_names_its_seed(tmp_path):
     from hydra.utils import instantiate
 
-    from siddm_lab.cli.train import build_model
     from siddm_lab.errors import NonFiniteLossError
+    from siddm_lab.training import build_model
     from tests.helpers import compose_cfg
 
     cfg = compose_cfg(TINY + RECIPES["released"] + ["seeds=[7,8]"], tmp_path)

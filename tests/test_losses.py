@@ -121,6 +121,41 @@ def test_ddpm_loss_by_hand():
     assert float(loss) == pytest.approx(float(((net(x_t, t) - eps) ** 2).mean()), rel=1e-6)
 
 
+@pytest.mark.parametrize("with_discriminator", [False, True])
+def test_ddpm_terms_by_hand(with_discriminator):
+    """DDPMLoss as a module objective: the generator's terms are the regression (and, with a
+    discriminator, adversarial · softplus(−D(x0', t)) on the denoiser's x0'); the discriminator's
+    terms score the data against x0' at the same t."""
+    diff = discrete()
+
+    def net(x, t, z=None):
+        return 0.3 * x + t.float()[:, None]
+
+    def x0_of(x_t, t, ab):
+        return (x_t - (1 - ab).sqrt() * net(x_t, t)) / ab.sqrt()
+
+    objective = DDPMLoss("eps", adversarial=0.25)
+    rng = Recorder(3)
+    d = D() if with_discriminator else None
+    g = objective.g_terms(GANParts(net, d, diff, lambda x: None, rng), X0)
+    t, eps = rng.draws
+    ab = torch.cumprod(1 - diff.betas, 0)[t].float()[:, None]
+    x_t = ab.sqrt() * X0 + (1 - ab).sqrt() * eps
+    assert float(g["loss"]) == pytest.approx(float(((net(x_t, t) - eps) ** 2).mean()), rel=1e-6)
+    if not with_discriminator:
+        assert set(g) == {"loss"}
+        return
+    logit = x0_of(x_t, t, ab) @ W + 0.1 * t.float()
+    assert float(g["g_adv"]) == pytest.approx(0.25 * float(F.softplus(-logit).mean()), rel=1e-5)
+    rng = Recorder(4)
+    terms = objective.d_terms(GANParts(net, D(), diff, lambda x: None, rng), X0)
+    t, eps = rng.draws
+    ab = torch.cumprod(1 - diff.betas, 0)[t].float()[:, None]
+    fake = x0_of(ab.sqrt() * X0 + (1 - ab).sqrt() * eps, t, ab)
+    assert float(terms["d_real"]) == pytest.approx(float(F.softplus(-(X0 @ W + 0.1 * t.float())).mean()), rel=1e-5)
+    assert float(terms["d_fake"]) == pytest.approx(float(F.softplus(fake @ W + 0.1 * t.float()).mean()), rel=1e-5)
+
+
 def test_ddgan_terms_by_hand():
     diff, rng = discrete(), Recorder(1)
     p = parts(diff, rng)

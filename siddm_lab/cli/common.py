@@ -6,16 +6,15 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 from hydra.errors import InstantiationException
 
+from siddm_lab.config import CONF_DIR  # noqa: F401 - the entry points' config_path
 from siddm_lab.errors import SiddmError
 
 log = logging.getLogger("siddm_lab")
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 USER_ERROR_STATUS = 2  # as argparse's usage errors; 1 stays for crashes (tracebacks)

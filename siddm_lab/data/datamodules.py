@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset
 from siddm_lab.data.sampling import ResumableBatchSampler, ResumableDataLoader
 from siddm_lab.data.toy import ToyDistribution
 from siddm_lab.errors import ConfigError, DataError
-from siddm_lab.metrics import toy as toy_metrics
 from siddm_lab.utils import plotting
 
 log = logging.getLogger(__name__)
@@ -166,22 +165,6 @@ class ToyDataModule(_Base):
             self.setup()
         return self._reference
 
-    def evaluate(self, samples: torch.Tensor, strict: bool = False) -> dict[str, float]:
-        samples = self.to_data_space(samples.detach().float().cpu())
-        ref = self.reference
-        x, y = samples[: self.mmd_max_points], ref[: self.mmd_max_points]
-        mu, sd = ref.double().mean(), ref.double().std(unbiased=False)  # the released code's scalar standardisation
-        out = {
-            "fd_2d": toy_metrics.frechet_distance_2d(samples, ref),
-            "mmd_poly2": toy_metrics.mmd(x, y, kernel="poly", degree=2),
-            "mmd_poly2_std": toy_metrics.mmd((x.double() - mu) / sd, (y.double() - mu) / sd, kernel="poly", degree=2),
-            "mmd_rbf": toy_metrics.mmd(x, y, kernel="rbf"),
-        }
-        d = self.distribution
-        if d.centers is not None:
-            out.update(toy_metrics.mode_metrics(samples, d.centers, d.std))
-        return out
-
     def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None,
                      nrow: int | None = None):
         out_dir = Path(out_dir)
@@ -239,7 +222,6 @@ class ImageDataModule(_Base):
         self.classifier_path = m.get("classifier_path")
         self.inception_weights = m.get("inception_weights")
         self._metric_reference: torch.Tensor | None = None
-        self._warned: set[str] = set()
         if subset is not None and (not isinstance(subset, int) or subset < batch_size):
             raise ConfigError(f"dataset.subset must be an integer >= dataset.batch_size={batch_size}, "
                               f"got {subset!r}")
@@ -295,43 +277,6 @@ class ImageDataModule(_Base):
         if self._metric_reference is None:
             self._metric_reference = self._load("test")[: self.metric_reference_size]
         return self._metric_reference
-
-    def evaluate(self, samples: torch.Tensor, strict: bool = False) -> dict[str, float]:
-        """Pixel statistics, plus the configured image metrics (``dataset.metrics.names``: any of
-        fd_mnist_classifier, fid, is, kid, prc; see ``siddm_lab.metrics.image``).
-
-        A metric whose network is unavailable (no cached MNIST classifier, no local Inception weights)
-        raises when ``strict`` (siddm-sample) and is left out with a warning otherwise (training)."""
-        from siddm_lab.errors import SiddmError
-        from siddm_lab.metrics.image import compute_image_metrics
-
-        x = samples.detach().float().cpu()
-        out = {
-            "sample_mean": float(x.mean()),
-            "sample_std": float(x.std()),
-            "frac_out_of_range": float(((x < -1.0) | (x > 1.0)).float().mean()),
-        }
-        uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        if not self.metric_names:
-            return out
-
-        def compute(names):
-            return compute_image_metrics(uint8, self.metric_reference, names, classifier_path=self.classifier_path,
-                                         inception_weights=self.inception_weights)
-
-        try:  # all at once: the Inception metrics share one pass over the images
-            out.update(compute(self.metric_names))
-        except SiddmError:
-            if strict:
-                raise
-            for name in self.metric_names:  # keep what can be computed, say what cannot
-                try:
-                    out.update(compute([name]))
-                except SiddmError as e:
-                    if name not in self._warned:
-                        self._warned.add(name)
-                        log.warning("metric %s skipped: %s", name, e)
-        return out
 
     def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None,
                      nrow: int | None = None):

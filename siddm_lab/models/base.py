@@ -307,7 +307,7 @@ class DiffusionModule(L.LightningModule):
         if self.trainer.sanity_checking or self.eval_num_samples == 0:
             return
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "evaluate"):
+        if dm is None or not hasattr(dm, "save_samples"):
             return
         from siddm_lab.evaluation import score
 

@@ -11,7 +11,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from siddm_lab.cli.common import CONF_DIR
+from siddm_lab.config import CONF_DIR
 from siddm_lab.errors import CheckpointError
 
 WEIGHTS = ("ema", "raw")
@@ -133,7 +133,8 @@ def _upgrade(cfg, state: dict):
     ``generator.net.*``."""
     if "sampling" in cfg.model:
         cfg.model.pop("sampling")
-    if str(cfg.model.get("_target_", "")).startswith("siddm_lab.models.DD") and any(k.startswith("net.") for k in state):
+    denoiser = str(cfg.model.get("_target_", "")).startswith("siddm_lab.models.DD")
+    if denoiser and any(k.startswith("net.") for k in state):
         state = {("generator." + k if k.startswith("net.") else k): v for k, v in state.items()}
     return cfg, state
 
