@@ -224,3 +224,36 @@ def test_metrics_record_the_plan_that_ran(toy_ckpt, tmp_path):
     assert explicit["steps"] == explicit["nfe"]
     saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert (saved["steps"], saved["nfe"]) == (4, 4)
+
+
+@pytest.fixture(scope="module")
+def gan_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gan")
+    run_train(["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "net.hidden=16",
+               "discriminator.hidden=16", "dataset.n_train=256", "dataset.n_val=64", "dataset.n_eval=64",
+               "dataset.batch_size=64", "trainer.max_steps=2", "trainer.val_check_interval=2",
+               "model.eval_num_samples=0", "eval.num_samples=16"], out)
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("mode", ["interpolate", "reconstruct"])
+def test_a_diffusion_gan_is_not_decoded_as_if_deterministic(gan_ckpt, tmp_path, mode):
+    """Interpolation and DDIM inversion need a deterministic decoder; a diffusion GAN draws a latent at
+    every step (its own seeded z was bypassed there before): refused with what to use instead."""
+    with pytest.raises(ConfigError, match=f"mode={mode} needs a deterministic decoder.*mode=sample"):
+        run_sample([f"ckpt={gan_ckpt}", f"mode={mode}", "sampler=ddim", "sampler.steps=4"], tmp_path)
+
+
+def test_a_diffusion_gan_samples_with_its_chain_and_its_seed(gan_ckpt, tmp_path):
+    a = run_sample([f"ckpt={gan_ckpt}", "sampler=generator", "num_samples=32", "seed=5"], tmp_path / "a")
+    b = run_sample([f"ckpt={gan_ckpt}", "sampler=generator", "num_samples=32", "seed=5"], tmp_path / "b")
+    assert a["sampler"] == "generator" and a["nfe"] == 4
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "samples.npz")["samples"],
+                                  np.load(tmp_path / "b" / "samples.npz")["samples"])
+    assert b["fd_2d"] == a["fd_2d"]
+
+
+def test_reconstruct_needs_deterministic_ddim(toy_ckpt, tmp_path):
+    with pytest.raises(ConfigError, match="mode=reconstruct.*sampler=ddim sampler.eta=0"):
+        run_sample([f"ckpt={toy_ckpt}", "mode=reconstruct", "sampler=ddim", "sampler.eta=0.5",
+                    "sampler.steps=5"], tmp_path)

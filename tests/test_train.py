@@ -241,7 +241,7 @@ def test_wandb_logger_offline_without_credentials(tmp_path, monkeypatch):
     [
         (["diffusion.steps=-4"], "diffusion.steps=-4 is invalid: expected a positive integer"),
         (["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "ablation.lambda_afd=abc"],
-         "ablation.lambda_afd='abc' is invalid: expected a number >= 0"),
+         "ablation.lambda_afd='abc' is invalid: expected a finite number >= 0"),
         (["net.hidden=abc"], "net.hidden='abc' is invalid: expected an integer >= 1"),
         (["dataset=digits", "net=unet_small", "net.channel_mult=[1,2,2,2,2]"],
          "net.image_size=8 is not divisible by 2**(len(net.channel_mult)-1)=16"),
