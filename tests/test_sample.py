@@ -257,3 +257,21 @@ def test_reconstruct_needs_deterministic_ddim(toy_ckpt, tmp_path):
     with pytest.raises(ConfigError, match="mode=reconstruct.*sampler=ddim sampler.eta=0"):
         run_sample([f"ckpt={toy_ckpt}", "mode=reconstruct", "sampler=ddim", "sampler.eta=0.5",
                     "sampler.steps=5"], tmp_path)
+
+
+def test_deq_and_picard_sample_a_ddpm_checkpoint_like_sequential_ddim(toy_ckpt, tmp_path):
+    common = [f"ckpt={toy_ckpt}", "num_samples=64", "batch_size=64", "sampler.steps=10"]
+    run_sample(common + ["sampler=ddim"], tmp_path / "ddim")
+    deq = run_sample(common + ["sampler=deq", "sampler.tol=1e-6"], tmp_path / "deq")
+    picard = run_sample(common + ["sampler=picard", "sampler.window=4", "sampler.tol=1e-6"], tmp_path / "picard")
+    ref = np.load(tmp_path / "ddim" / "samples.npz")["samples"]
+    for name in ("deq", "picard"):
+        np.testing.assert_allclose(np.load(tmp_path / name / "samples.npz")["samples"], ref, atol=1e-3)
+    assert deq["sampler"] == "deq" and deq["nfe"] == deq["iterations"] * 10 and deq["residual"] < 1e-6
+    assert picard["iterations"] >= 3 and picard["converged"]
+
+
+def test_fixed_point_samplers_refuse_a_diffusion_gan(gan_ckpt, tmp_path):
+    for name in ("deq", "picard"):
+        with pytest.raises(ConfigError, match=f"sampler={name} solves a deterministic DDIM chain.*sampler=generator"):
+            run_sample([f"ckpt={gan_ckpt}", f"sampler={name}", "sampler.steps=4", "num_samples=8"], tmp_path / name)

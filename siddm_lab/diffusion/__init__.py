@@ -2,6 +2,7 @@
 training objectives."""
 
 from siddm_lab.diffusion.continuous import CosineContinuousTime
+from siddm_lab.diffusion.fixed_point import DEQSampler, PicardSampler, anderson
 from siddm_lab.diffusion.gaussian import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, extract
 from siddm_lab.diffusion.losses import (
     OBJECTIVES,
@@ -42,6 +43,9 @@ __all__ = [
     "CosineContinuousTime",
     "DDGANLoss",
     "DDIMSampler",
+    "DEQSampler",
+    "PicardSampler",
+    "anderson",
     "GeneratorChain",
     "StepSampler",
     "DDPMLoss",

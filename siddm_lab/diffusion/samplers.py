@@ -354,7 +354,7 @@ class GeneratorChain:
         return sample_generator_chain(predict_x0, self.diffusion, x_T, rng, self.steps)
 
 
-SAMPLERS = {"ddpm": AncestralSampler, "ddim": DDIMSampler, "generator": GeneratorChain}
+SAMPLERS = {"ddpm": AncestralSampler, "ddim": DDIMSampler, "generator": GeneratorChain}  # + deq, picard
 
 
 def build_sampler(diffusion, name: str = "ddpm", **kwargs):

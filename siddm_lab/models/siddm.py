@@ -126,6 +126,9 @@ class SIDDM(DiffusionModule):
         x_T and draws the same latents and noise (what the single run with that generator would draw):
         samples are paired across members. The latents and the noise are drawn from ``seed``."""
         E = self.members
+        if getattr(sampler, "fixed_point", False):
+            raise ConfigError(f"sampler={sampler.name} solves a deterministic DDIM chain as a fixed point; a diffusion "
+                              f"GAN's chain is stochastic (a latent at every step): use sampler=generator")
         if not isinstance(sampler, GeneratorChain):
             if self.continuous or E is not None:
                 raise ConfigError("a step sampler (sampler=ddim|ddpm) needs a discrete-time single model; this "
