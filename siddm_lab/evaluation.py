@@ -93,19 +93,22 @@ def draw(model, sampler, n: int, seed: int, batch_size: int | None = None, progr
 
 
 def score(model, samples: torch.Tensor, datamodule, out_dir, *, stem: str | None = "samples", title: str = "",
-          strict: bool = False) -> list[dict]:
+          strict: bool = False, subdir: str | None = None) -> list[dict]:
     """The data's metrics of each model's samples (one per member of an ensemble: ``samples`` [E, n, ...])
     and, unless ``stem`` is None, the samples saved as ``<stem>.npz`` + ``<stem>.png`` in the model's folder
-    (``out_dir``, or ``out_dir/seed_<s>`` per member). Returns ``[{"seed": s | None, "dir": folder, **metrics}]``."""
+    (``out_dir``, or ``out_dir/seed_<s>`` per member; inside its ``subdir`` if given). Returns
+    ``[{"seed": s | None, "dir": folder, **metrics}]`` (with ``"png"``: the plot, when saved)."""
     results = []
     for seed, member_dir, x in model.member_outputs(samples, None if out_dir is None else Path(out_dir)):
         metrics = {k: float(v) for k, v in data_metrics(datamodule, x, strict).items()}
+        saved = {}
         if stem is not None and member_dir is not None:
             label = title + ("" if seed is None else f" seed={seed}")
             if "modes_covered" in metrics:
                 label += f" modes={metrics['modes_covered']:.0f} HQ={metrics['hq_ratio']:.2f} FD={metrics['fd_2d']:.3g}"
-            datamodule.save_samples(x, member_dir, stem=stem, title=label.strip())
-        results.append({"seed": seed, "dir": member_dir, **metrics, "num_samples": len(x)})
+            folder = member_dir if subdir is None else Path(member_dir) / subdir
+            saved["png"] = datamodule.save_samples(x, folder, stem=stem, title=label.strip())
+        results.append({"seed": seed, "dir": member_dir, **metrics, "num_samples": len(x), **saved})
     return results
 
 
@@ -121,5 +124,6 @@ def evaluate(model, sampler, datamodule, n: int, seed: int, out_dir, *, batch_si
         title = f"{type(model).__name__} T={model.diffusion.num_timesteps} {settings['sampler']} NFE={settings['nfe']}"
     results = score(model, samples, datamodule, out_dir, stem=stem, title=title, strict=strict)
     for r in results:
+        r.pop("png", None)
         r.update(settings, sample_seconds=seconds / (model.members or 1))
     return results

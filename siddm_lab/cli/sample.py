@@ -86,6 +86,7 @@ def sample(cfg: DictConfig) -> dict:
         info.update(interpolate(model, sampler, dm, cfg, out_dir, title))
     else:
         info.update(reconstruct(model, sampler, dm, cfg, out_dir, title))
+    info.update(sampler.settings())  # after sampling: a fixed-point sampler's iterations and NFE
     write_json(out_dir / "metrics.json", info)
     if cfg.get("wandb"):
         name, tags = run_identity(cfg)

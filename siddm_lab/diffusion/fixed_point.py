@@ -30,14 +30,7 @@ def anderson(f, x0: torch.Tensor, m: int = 5, lam: float = 1e-4, beta: float = 1
     x ← β Σ α_k f(x_k) + (1-β) Σ α_k x_k. Stops when the relative residual ||f(x) - x|| / ||f(x)||
     (largest over the batch) is below ``tol``.
     Returns (x, residuals per iteration, iterations)."""
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ConfigError(f"sampler.m={m!r} is invalid: expected an integer >= 1 (Anderson memory)")
-    if not tol > 0:
-        raise ConfigError(f"sampler.tol={tol!r} is invalid: expected a number > 0")
-    if not 0 < beta <= 1:
-        raise ConfigError(f"sampler.damping={beta!r} is invalid: expected a number in (0, 1]")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ConfigError(f"sampler.max_iter={max_iter!r} is invalid: expected an integer >= 1")
+    check_anderson(m, beta, tol, max_iter)
     B, n = x0.shape
     X = torch.zeros(B, m, n, dtype=x0.dtype, device=x0.device)
     F = torch.zeros_like(X)
@@ -65,6 +58,18 @@ def anderson(f, x0: torch.Tensor, m: int = 5, lam: float = 1e-4, beta: float = 1
         residuals.append(_rel(F[:, k % m], X[:, k % m]))
         k += 1
     return F[:, (k - 1) % m], residuals, k
+
+
+def check_anderson(m, beta, tol, max_iter) -> None:
+    """The Anderson settings, named by their sampler keys."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ConfigError(f"sampler.m={m!r} is invalid: expected an integer >= 1 (Anderson memory)")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ConfigError(f"sampler.tol={tol!r} is invalid: expected a number > 0")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta <= 1:
+        raise ConfigError(f"sampler.damping={beta!r} is invalid: expected a number in (0, 1]")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"sampler.max_iter={max_iter!r} is invalid: expected an integer >= 1")
 
 
 def _rel(fx: torch.Tensor, x: torch.Tensor) -> float:
@@ -132,10 +137,7 @@ class DEQSampler(_FixedPointDDIM):
                  m: int = 5, damping: float = 1.0, tol: float = 1e-4, max_iter: int | None = None,
                  chunk: int | None = None):
         super().__init__(diffusion, steps, subsequence, clip_x0, tol, max_iter, chunk)
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ConfigError(f"sampler.m={m!r} is invalid: expected an integer >= 1 (Anderson memory)")
-        if not (isinstance(damping, (int, float)) and 0 < damping <= 1):
-            raise ConfigError(f"sampler.damping={damping!r} is invalid: expected a number in (0, 1]")
+        check_anderson(m, damping, tol, self.max_iter)
         self.m, self.damping = m, float(damping)
 
     @torch.no_grad()

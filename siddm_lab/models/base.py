@@ -316,21 +316,19 @@ class DiffusionModule(L.LightningModule):
         samples = self.sample_distributed(self.eval_num_samples, seed=1234)
         if self.trainer.is_global_zero:
             sample_seconds = time.perf_counter() - t0
-            title = f"iteration {self.global_step}"
             out = None if self.output_dir is None else Path(self.output_dir)
-            per_member = score(self, samples, dm, out, stem=None)
+            per_member = score(self, samples, dm, out, stem=f"step_{self.global_step:07d}",
+                               title=f"iteration {self.global_step}", subdir="samples")
             for r in per_member:
-                if r["dir"] is not None:
-                    png = dm.save_samples(samples if r["seed"] is None else samples[self.member_seeds.index(r["seed"])],
-                                          Path(r["dir"]) / "samples", stem=f"step_{self.global_step:07d}",
-                                          title=title + ("" if r["seed"] is None else f", seed {r['seed']}"))
-                    metrics = {k: v for k, v in r.items() if k not in ("seed", "dir", "num_samples")}
-                    append_history(r["dir"], {"iteration": int(self.global_step), "train_seconds": train_seconds,
-                                               "sample_seconds": sample_seconds, **metrics})
-                    for logger in self.loggers:
-                        if hasattr(logger, "log_image") and (r["seed"] is None or r["seed"] == self.member_seeds[0]):
-                            logger.log_image(key="val/samples", images=[str(png)], step=self.global_step)
-            names = [k for k in per_member[0] if k not in ("seed", "dir", "num_samples")]
+                if r["dir"] is None:
+                    continue
+                metrics = {k: v for k, v in r.items() if k not in ("seed", "dir", "num_samples", "png")}
+                append_history(r["dir"], {"iteration": int(self.global_step), "train_seconds": train_seconds,
+                                          "sample_seconds": sample_seconds, **metrics})
+                for logger in self.loggers:
+                    if hasattr(logger, "log_image") and (r["seed"] is None or r["seed"] == self.member_seeds[0]):
+                        logger.log_image(key="val/samples", images=[str(r["png"])], step=self.global_step)
+            names = [k for k in per_member[0] if k not in ("seed", "dir", "num_samples", "png")]
             logged = {f"val/{k}": sum(r[k] for r in per_member) / len(per_member) for k in names}
             if self.members is not None:
                 logged.update({f"val/seed_{r['seed']}/{k}": r[k] for r in per_member for k in names})
