@@ -5,13 +5,13 @@ all go through ``evaluate`` (or its two halves, ``draw`` and ``score``)."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
 
 from siddm_lab.errors import SiddmError
 from siddm_lab.metrics import toy as toy_metrics
+from siddm_lab.utils.measure import Measure
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,19 @@ def image_metrics(dm, samples: torch.Tensor, strict: bool = False) -> dict[str, 
     return out
 
 
-def draw(model, sampler, n: int, seed: int, batch_size: int | None = None, progress: bool = False):
+def draw(model, sampler, n: int, seed: int, batch_size: int | None = None, progress: bool = False,
+         measure: dict | None = None):
     """(samples, seconds): n samples of ``model`` with ``sampler`` from the seed ``seed`` (x_T and every
-    batch's noise follow from it; the same on any device)."""
-    t0 = time.perf_counter()
-    samples = model.sample(n, sampler=sampler, generator=torch.Generator().manual_seed(int(seed)),
-                           batch_size=batch_size, progress=progress)
-    return samples, time.perf_counter() - t0
+    batch's noise follow from it; the same on any device). With ``measure`` (a dict), also fills it with
+    the wall time and peak memory of the sampling (``siddm_lab.utils.measure``)."""
+    if hasattr(sampler, "reset_stats"):
+        sampler.reset_stats()
+    with Measure(model.device) as m:
+        samples = model.sample(n, sampler=sampler, generator=torch.Generator().manual_seed(int(seed)),
+                               batch_size=batch_size, progress=progress)
+    if measure is not None:
+        measure.update(m.as_dict())
+    return samples, m.seconds
 
 
 def score(model, samples: torch.Tensor, datamodule, out_dir, *, stem: str | None = "samples", title: str = "",
@@ -118,12 +124,14 @@ def evaluate(model, sampler, datamodule, n: int, seed: int, out_dir, *, batch_si
     """Sample, score and save (``draw`` then ``score``): one dict per model with the metrics, the
     sampler's settings (sampler, steps, NFE, ...) and the sampling wall time per model."""
     sampler = model.get_sampler(sampler)
-    samples, seconds = draw(model, sampler, n, seed, batch_size, progress)
+    measured: dict = {}
+    samples, seconds = draw(model, sampler, n, seed, batch_size, progress, measured)
     settings = sampler.settings()
     if title is None:
         title = f"{type(model).__name__} T={model.diffusion.num_timesteps} {settings['sampler']} NFE={settings['nfe']}"
     results = score(model, samples, datamodule, out_dir, stem=stem, title=title, strict=strict)
     for r in results:
         r.pop("png", None)
-        r.update(settings, sample_seconds=seconds / (model.members or 1))
+        r.update(settings, peak_memory_mb=measured.get("peak_memory_mb"),
+                 peak_memory_kind=measured.get("peak_memory_kind"), sample_seconds=seconds / (model.members or 1))
     return results

@@ -247,3 +247,18 @@ def test_no_job_left_after_malformed_metrics_is_an_error_without_traceback(tmp_p
     assert "Traceback" not in res.stderr, res.stderr[-2000:]
     assert f"{tmp_path / '0' / 'metrics.json'}: nfe='abc' is not a number" in res.stderr
     assert f"{tmp_path / '1' / 'metrics.json'}: " in res.stderr and "got a string" in res.stderr
+
+
+def test_listing_shows_the_sequential_depth_of_fixed_point_samplers(tmp_path):
+    """Parallel samplers spend more NFE in fewer sequential calls: the listing shows both, with wall time and
+    peak memory as ordinary metrics; residual lists stay out of results.csv."""
+    _job(tmp_path, "0", ["sampler=ddim"], {"nfe": 50, "depth": 50, "sample_seconds": 2.0, "peak_memory_mb": 10.0})
+    _job(tmp_path, "1", ["sampler=deq"], {"nfe": 600.0, "depth": 12, "sample_seconds": 5.0, "peak_memory_mb": 90.0,
+                                          "residuals": [0.1, 0.01]})
+    rows, problems = collect(tmp_path)
+    assert not problems and all("residuals" not in r for r in rows)
+    lines = listing(rows, "sampler", ["sample_seconds", "peak_memory_mb"]).strip().splitlines()
+    assert lines[0] == "| sampler | NFE | depth | sample_seconds | peak_memory_mb |"
+    assert lines[2] == "| ddim | 50 | 50 | 2 | 10 |" and lines[3] == "| deq | 600.0 | 12 | 5 | 90 |"
+    only_steps = [r for r in rows if r["sampler"] == "ddim"]
+    assert listing(only_steps, "sampler", "sample_seconds").splitlines()[0] == "| sampler | NFE | sample_seconds |"

@@ -236,7 +236,7 @@ def gan_ckpt(tmp_path_factory):
     return out / "checkpoints" / "last.ckpt"
 
 
-@pytest.mark.parametrize("mode", ["interpolate", "reconstruct"])
+@pytest.mark.parametrize("mode", ["interpolate", "reconstruct", "invert"])
 def test_a_diffusion_gan_is_not_decoded_as_if_deterministic(gan_ckpt, tmp_path, mode):
     """Interpolation and DDIM inversion need a deterministic decoder; a diffusion GAN draws a latent at
     every step (its own seeded z was bypassed there before): refused with what to use instead."""
@@ -275,3 +275,50 @@ def test_fixed_point_samplers_refuse_a_diffusion_gan(gan_ckpt, tmp_path):
     for name in ("deq", "picard"):
         with pytest.raises(ConfigError, match=f"sampler={name} solves a deterministic DDIM chain.*sampler=generator"):
             run_sample([f"ckpt={gan_ckpt}", f"sampler={name}", "sampler.steps=4", "num_samples=8"], tmp_path / name)
+
+
+@pytest.mark.parametrize("method", ["backprop", "phantom", "ift"])
+def test_invert_a_ddpm_checkpoint(toy_ckpt, tmp_path, method):
+    """mode=invert: the loss falls from its start, the best x_T decodes (sequentially) to about the reported
+    loss, and the accounting (time, NFE, fixed-point iterations, peak memory) is in metrics.json."""
+    info = run_sample([f"ckpt={toy_ckpt}", "mode=invert", "sampler=deq", "sampler.steps=10", "sampler.tol=1e-5",
+                       "invert.num=12", "invert.iters=25", "invert.lr=0.05", f"invert.method={method}"], tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["invert_method"] == method and saved["num_inverted"] == 12
+    assert saved["min_loss"] < 0.5 * saved["loss_curve"][0]
+    assert abs(saved["final_mse"] - saved["min_loss"]) < 0.1 * saved["min_loss"] + 1e-3
+    assert saved["seconds_per_image"] > 0 and saved["invert_nfe_per_image"] >= 25 * 10
+    if method == "backprop":
+        assert saved["fixed_point_iterations_mean"] is None and saved["invert_nfe_per_image"] == 25 * 10
+    else:
+        assert saved["fixed_point_iterations_mean"] >= 1
+    assert "peak_memory_mb" in saved and (tmp_path / "inversion.png").is_file()
+    assert info["min_loss"] == saved["min_loss"]
+
+
+def test_invert_refuses_stochastic_decoders_and_bad_settings(toy_ckpt, tmp_path):
+    common = [f"ckpt={toy_ckpt}", "mode=invert", "invert.iters=2"]
+    with pytest.raises(ConfigError, match="mode=invert decodes with deterministic DDIM"):
+        run_sample(common + ["sampler=ddim", "sampler.eta=1.0", "sampler.steps=5"], tmp_path / "a")
+    with pytest.raises(ConfigError, match="invert.method=phantom differentiates through the DEQ fixed point"):
+        run_sample(common + ["sampler=ddim", "sampler.steps=5"], tmp_path / "b")
+    with pytest.raises(ConfigError, match="invert.init='zeros' is unknown"):
+        run_sample(common + ["sampler=deq", "sampler.steps=5", "invert.init=zeros"], tmp_path / "c")
+    with pytest.raises(ConfigError, match="invert.method='adam' is unknown"):
+        run_sample(common + ["sampler=deq", "sampler.steps=5", "invert.method=adam"], tmp_path / "d")
+
+
+def test_sampling_reports_depth_wall_time_and_peak_memory(toy_ckpt, tmp_path):
+    """Accounting of every sampler: NFE per sample, sequential depth (solver iterations for DEQ), residual per
+    iteration for the fixed-point samplers, wall time and peak memory."""
+    common = [f"ckpt={toy_ckpt}", "num_samples=64", "batch_size=32", "sampler.steps=10"]
+    ddim = run_sample(common + ["sampler=ddim"], tmp_path / "ddim")
+    deq = run_sample(common + ["sampler=deq", "sampler.tol=1e-3"], tmp_path / "deq")
+    nometrics = run_sample(common + ["sampler=ddim", "metrics=false"], tmp_path / "plain")
+    assert ddim["nfe"] == ddim["depth"] == 10
+    assert deq["depth"] == deq["iterations"] and deq["nfe"] == pytest.approx(10 * deq["iterations"], rel=0.5)
+    saved = json.loads((tmp_path / "deq" / "metrics.json").read_text())
+    assert 1 <= len(saved["residuals"]) <= saved["iterations"]  # per iteration, of the first batch
+    assert saved["residuals"][-1] < 1e-3 and saved["converged"]
+    for info in (ddim, deq, nometrics):
+        assert info["sample_seconds"] > 0 and info["peak_memory_mb"] is not None and info["peak_memory_mb"] >= 0

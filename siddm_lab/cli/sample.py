@@ -6,7 +6,9 @@ dataset's metrics, NFE, wall time, settings) and ``config.yaml`` into the run fo
 multirun (``-m``) over sampler settings gives one folder per setting.
 
 Modes: ``sample``; ``interpolate`` (slerp between latents, decoded deterministically: a strip
-per pair); ``reconstruct`` (DDIM-invert real data and decode it back; reports the error).
+per pair); ``reconstruct`` (DDIM-invert real data and decode it back; reports the error); ``invert``
+(model inversion: Adam on x_T so that its DDIM decoding matches held-out images, by backprop through the
+chain or through the DEQ fixed point; reports the lowest loss per image, time and NFE).
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from siddm_lab.cli.common import CONF_DIR, log, user_errors
 from siddm_lab.config import validate
-from siddm_lab.diffusion import ddim_invert, slerp
+from siddm_lab.diffusion import DDIMSampler, Inversion, ddim_invert, slerp
 from siddm_lab.errors import ConfigError
 from siddm_lab.evaluation import draw, evaluate
 from siddm_lab.models import SIDDM
 from siddm_lab.models.loading import load_model
 from siddm_lab.utils.loggers import run_identity, wandb_log_job
+from siddm_lab.utils.measure import Measure
 from siddm_lab.utils.run_files import write_json, write_resolved_config
 
-MODES = ("sample", "interpolate", "reconstruct")
+MODES = ("sample", "interpolate", "reconstruct", "invert")
 GENERATOR_TARGET = "siddm_lab.diffusion.GeneratorChain"
 
 
@@ -78,14 +81,18 @@ def sample(cfg: DictConfig) -> dict:
                               batch_size=int(cfg.batch_size), title=title, strict=True, progress=bool(cfg.progress))[0]
             info.update({k: v for k, v in result.items() if k not in ("seed", "dir")})
         else:
-            samples, info["sample_seconds"] = draw(model, sampler, int(cfg.num_samples), int(cfg.seed),
-                                                   int(cfg.batch_size), bool(cfg.progress))
+            measured: dict = {}
+            samples, _ = draw(model, sampler, int(cfg.num_samples), int(cfg.seed), int(cfg.batch_size),
+                              bool(cfg.progress), measured)
+            info.update(measured)
             info["num_samples"] = len(samples)
             dm.save_samples(samples, out_dir, stem="samples", title=title)
     elif cfg.mode == "interpolate":
         info.update(interpolate(model, sampler, dm, cfg, out_dir, title))
-    else:
+    elif cfg.mode == "reconstruct":
         info.update(reconstruct(model, sampler, dm, cfg, out_dir, title))
+    else:
+        info.update(invert(model, sampler, dm, cfg, out_dir, title))
     info.update(sampler.settings())  # after sampling: a fixed-point sampler's iterations and NFE
     write_json(out_dir / "metrics.json", info)
     if cfg.get("wandb"):
@@ -135,6 +142,52 @@ def reconstruct(model, sampler, dm, cfg, out_dir: Path, title: str) -> dict:
     dm.save_samples(both, out_dir, stem="reconstruction", title=f"{title} top: data, bottom: reconstruction",
                     nrow=None if both.dim() == 2 else len(x0))
     return {"reconstruction_mse": float(err.mean()), "latent_std": float(x_T.std()), "num_reconstructed": len(x0)}
+
+
+def invert(model, sampler, dm, cfg, out_dir: Path, title: str) -> dict:
+    """Model inversion of ``invert.num`` held-out images (``siddm_lab.diffusion.inversion``): x_T from noise
+    (seeded) or from DDIM inversion of the image, then ``invert.iters`` Adam steps; the best x_T of each image
+    is decoded again with the sequential chain for the reported ``final_mse``."""
+    if not isinstance(sampler, DDIMSampler) or sampler.stochastic:
+        raise ConfigError("mode=invert decodes with deterministic DDIM: use sampler=deq (any invert.method) or "
+                          "sampler=ddim sampler.eta=0 (invert.method=backprop)")
+    c = cfg.invert
+    if c.init not in ("noise", "ddim_invert"):
+        raise ConfigError(f"invert.init={c.init!r} is unknown; allowed: noise, ddim_invert")
+    n = int(c.num)
+    if n < 1:
+        raise ConfigError(f"invert.num={n} is invalid: expected an integer >= 1")
+    inv = Inversion(c.method, int(c.iters), c.lr, int(c.pg_steps), c.pg_damping,
+                    None if c.adjoint_iters is None else int(c.adjoint_iters), bool(c.warm_start))
+    dm.setup("validate")
+    target = torch.cat([b for b in dm.val_dataloader()])[:n].to(model.device)
+    predict = model.predict_x0_eps
+    if c.init == "noise":
+        x_T = torch.randn(target.shape, generator=torch.Generator().manual_seed(int(cfg.seed))).to(model.device)
+    else:
+        x_T = ddim_invert(sampler.clipped(predict), model.diffusion, target, sampler.timesteps)
+    model.requires_grad_(False)  # gradients for x_T only
+    bs = int(c.batch_size or n)
+    results, fp_iters = [], []
+    with Measure(model.device) as m:
+        for i in range(0, n, bs):
+            results.append(inv.run(predict, sampler, target[i:i + bs], x_T[i:i + bs]))
+            fp_iters += results[-1]["fixed_point_iterations"]
+    best = torch.cat([r["x_T"] for r in results])
+    min_loss = torch.cat([r["min_loss"] for r in results]).cpu()
+    decoded = inv.decode(predict, sampler, best)
+    final = (decoded - target).pow(2).flatten(1).mean(1).cpu()
+    both = torch.cat([target.cpu(), decoded.cpu()])
+    dm.save_samples(both, out_dir, stem="inversion", title=f"{title} {c.method}: top data, bottom decoded best x_T",
+                    nrow=None if both.dim() == 2 else n)
+    curve = [sum(v) / len(v) for v in zip(*[r["curve"] for r in results])]
+    std = float(min_loss.std()) if n > 1 else 0.0
+    return {**{f"invert_{k}": v for k, v in inv.settings().items()}, "invert_init": c.init, "num_inverted": n,
+            "min_loss": float(min_loss.mean()), "min_loss_std": std, "final_mse": float(final.mean()),
+            "final_mse_std": float(final.std()) if n > 1 else 0.0, "invert_seconds": m.seconds,
+            "seconds_per_image": m.seconds / n, "invert_nfe_per_image": sum(r["nfe"] for r in results) / len(results),
+            "fixed_point_iterations_mean": sum(fp_iters) / len(fp_iters) if fp_iters else None,
+            "peak_memory_mb": m.peak_memory_mb, "loss_curve": curve}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")

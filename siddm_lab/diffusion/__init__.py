@@ -4,6 +4,7 @@ training objectives."""
 from siddm_lab.diffusion.continuous import CosineContinuousTime
 from siddm_lab.diffusion.fixed_point import DEQSampler, PicardSampler, anderson
 from siddm_lab.diffusion.gaussian import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, extract
+from siddm_lab.diffusion.inversion import Inversion, decode_backprop, ift_gradient
 from siddm_lab.diffusion.losses import (
     OBJECTIVES,
     DDGANLoss,
@@ -46,6 +47,9 @@ __all__ = [
     "DEQSampler",
     "PicardSampler",
     "anderson",
+    "Inversion",
+    "decode_backprop",
+    "ift_gradient",
     "GeneratorChain",
     "StepSampler",
     "DDPMLoss",

@@ -6,9 +6,12 @@ is the fixed point X = F(X) of X = [x_1, ..., x_S] with
 
     F(X) = [h_1(x_T), h_2(x_1), ..., h_S(x_{S-1})],
 
-one batched network call on all S states at once. Plain iteration of F (Picard) reaches the
-sequential result after at most S iterations (x_i is exact after i); Anderson acceleration (memory m)
-usually needs far fewer. ``PicardSampler`` iterates F on a sliding window (ParaDiGMS, Shih et al. 2023)
+one batched network call on all S states at once. The solvers iterate the same map in its unrolled form
+(``chain_map``, the form of DEQ-DDIM's and ParaDiGMS's code): every state written as x_T carried by the
+linear part of the steps plus the sum of the steps' ε-terms, so that x_T reaches every state in one
+iteration. Plain iteration of either form (Picard) reaches the sequential result after at most S
+iterations (x_i is exact after i); on the unrolled form it and Anderson acceleration (memory m) usually
+need far fewer. ``PicardSampler`` iterates F on a sliding window (ParaDiGMS, Shih et al. 2023)
 for chains too long to batch at once. Both report their accounting in ``last_stats``: solver
 iterations (sequential depth), total network evaluations, residual per iteration.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from siddm_lab.diffusion.samplers import DDIMSampler, PredictFn
+from siddm_lab.diffusion.samplers import DDIMSampler, PredictFn, _alpha_bar
 from siddm_lab.errors import ConfigError
 
 
@@ -36,11 +39,7 @@ def anderson(f, x0: torch.Tensor, m: int = 5, lam: float = 1e-4, beta: float = 1
     F = torch.zeros_like(X)
     X[:, 0], F[:, 0] = x0, f(x0)
     residuals = [_rel(F[:, 0], X[:, 0])]
-    if residuals[-1] < tol:
-        return F[:, 0], residuals, 1
-    X[:, 1], F[:, 1] = F[:, 0], f(F[:, 0])
-    residuals.append(_rel(F[:, 1], X[:, 1]))
-    k = 2
+    k = 1
     while residuals[-1] >= tol and k < max_iter:
         n_k = min(k, m)
         G = F[:, :n_k] - X[:, :n_k]
@@ -82,7 +81,8 @@ class _FixedPointDDIM(DDIMSampler):
     fixed_point = True
 
     def __init__(self, diffusion, steps: int | None = None, subsequence=None, clip_x0: float | None = None,
-                 tol: float = 1e-4, max_iter: int | None = None, chunk: int | None = None):
+                 tol: float = 1e-4, max_iter: int | None = None, chunk: int | None = None,
+                 form: str = "unrolled"):
         super().__init__(diffusion, 0.0, steps, subsequence, clip_x0)
         if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0):
             raise ConfigError(f"sampler.tol={tol!r} is invalid: expected a number > 0")
@@ -98,11 +98,32 @@ class _FixedPointDDIM(DDIMSampler):
         coefs = [self.coefficients(t, s) for t, s in zip(self.timesteps, nxt)]
         self._c_x0 = torch.tensor([c[0] for c in coefs], dtype=torch.float64)
         self._c_eps = torch.tensor([c[1] for c in coefs], dtype=torch.float64)
+        ab_t = torch.stack([_alpha_bar(diffusion, t) for t in self.timesteps]).double()
+        ab_s = torch.stack([_alpha_bar(diffusion, s) for s in nxt]).double()
+        self._inv_sqrt_ab_t, self._inv_sqrt_ab_s = ab_t.rsqrt(), ab_s.rsqrt()
+        self._sigma_t, self._sigma_s = ((1 - ab_t) / ab_t).sqrt(), ((1 - ab_s) / ab_s).sqrt()
+        if form not in ("unrolled", "sequential"):
+            raise ConfigError(f"sampler.form={form!r} is invalid: expected 'unrolled' or 'sequential'")
+        self.form = form
         self.last_stats: dict = {}
+        self.history: list[dict] = []  # last_stats of every call since reset_stats()
 
-    def chain_map(self, predict: PredictFn, x_T: torch.Tensor, X: torch.Tensor, index: slice | None = None):
+    def chain_map(self, predict: PredictFn, x_T: torch.Tensor, X: torch.Tensor, index: slice | None = None,
+                  form: str | None = None):
         """F(X)[index] for X [S, B, ...] (states after each step): one network call per state, batched
-        over the states of ``index`` (default all), in chunks of ``chunk`` states."""
+        over the states of ``index`` (default all), in chunks of ``chunk`` states.
+
+        ``form="sequential"``: state i is one DDIM step from state i-1 (F of the module docstring).
+        ``form="unrolled"`` (default, DEQ-DDIM's and ParaDiGMS's form): the same steps summed from the
+        window's anchor a (x_T, or the state before ``index``). Writing a step as x_i = A_i x_{i-1} + r_i(x_{i-1})
+        with A_i = sqrt(ᾱ_{s_i} / ᾱ_{t_i}) (the linear part; ᾱ of the step's end s_i and start t_i),
+
+            x_i = sqrt(ᾱ_{s_i}) · (x_a / sqrt(ᾱ_{t_a}) + Σ_{a<j≤i} r_j(x_{j-1}) / sqrt(ᾱ_{s_j})).
+
+        Both have the same fixed point (the sequential DDIM chain), but the unrolled form carries x_a to every
+        state in one iteration, so solvers converge in far fewer iterations, and x_i depends on x_a directly,
+        which is what the one-step ("phantom") gradient of ``invert`` differentiates."""
+        form = form or self.form
         S = len(self.timesteps)
         idx = range(S)[index] if index is not None else range(S)
         prev = torch.cat([x_T[None], X[:-1]])[idx.start:idx.stop]  # x_{i-1} for i in idx
@@ -118,11 +139,52 @@ class _FixedPointDDIM(DDIMSampler):
             shape = (k,) + (1,) * (xs.dim() - 1)
             c0 = self._c_x0[idx.start + a: idx.start + a + k].to(x_T).reshape(shape)
             ce = self._c_eps[idx.start + a: idx.start + a + k].to(x_T).reshape(shape)
-            out.append(c0 * x0.reshape(xs.shape) + ce * eps.reshape(xs.shape))
-        return torch.cat(out)
+            if form == "unrolled":
+                out.append(self._delta_y(idx.start + a, k, xs, x0.reshape(xs.shape), eps.reshape(xs.shape)))
+            else:
+                out.append(c0 * x0.reshape(xs.shape) + ce * eps.reshape(xs.shape))
+        out = torch.cat(out)
+        if form == "sequential":
+            return out
+        if form != "unrolled":
+            raise ConfigError(f"sampler.form={form!r} is invalid: expected 'unrolled' or 'sequential'")
+        shape = (len(idx),) + (1,) * (out.dim() - 1)
+        anchor = prev[0].double() * self._inv_sqrt_ab_t[idx.start]
+        sqrt_ab_s = (1 / self._inv_sqrt_ab_s[idx.start:idx.stop]).to(x_T.device).reshape(shape)
+        return (sqrt_ab_s * (anchor[None] + out.cumsum(0))).to(x_T.dtype)
+
+    def _delta_y(self, first: int, k: int, x_t, x0, eps) -> torch.Tensor:
+        """r_j / sqrt(ᾱ_{s_j}) = y_{s_j} - y_{t_j} (y = x / sqrt(ᾱ)) for steps first..first+k-1, in float64 and
+        without cancellation: (σ_s - σ_t) ε' with σ = sqrt((1-ᾱ)/ᾱ), or, with x0' clipped (ε' re-derived from
+        it), (1 - σ_s/σ_t)(x0' - y_t). Computing it as x_s/sqrt(ᾱ_s) - x_t/sqrt(ᾱ_t) in float32 would amplify
+        rounding by up to 1/sqrt(ᾱ_{t_1}) (~150 at T = 1000)."""
+        shape = (k,) + (1,) * (x_t.dim() - 1)
+        sig_t = self._sigma_t[first:first + k].to(x_t.device).reshape(shape)
+        sig_s = self._sigma_s[first:first + k].to(x_t.device).reshape(shape)
+        if self.clip_x0 is None:
+            return (sig_s - sig_t) * eps.double()
+        y_t = x_t.double() * self._inv_sqrt_ab_t[first:first + k].to(x_t.device).reshape(shape)
+        return (1 - sig_s / sig_t) * (x0.double() - y_t)
+
+    def reset_stats(self) -> None:
+        self.history = []
+
+    def _record(self, stats: dict) -> None:
+        self.last_stats = stats
+        self.history.append(stats)
 
     def settings(self) -> dict:
-        return {**super().settings(), "tol": self.tol, **{k: v for k, v in self.last_stats.items() if k != "residuals"}}
+        """The plan and solver settings, and the accounting of the calls since ``reset_stats`` (batches):
+        ``iterations`` = ``depth`` (solver iterations, i.e. sequential network calls, of the deepest batch),
+        ``nfe`` (network evaluations per sample, mean over batches), the worst final ``residual``, whether
+        every batch ``converged``, and ``residuals`` per iteration (of the first batch)."""
+        out = {**super().settings(), "tol": self.tol, "form": self.form}
+        h = self.history
+        if h:
+            out.update(iterations=max(s["iterations"] for s in h), depth=max(s["iterations"] for s in h),
+                       nfe=sum(s["nfe"] for s in h) / len(h), residual=max(s["residual"] for s in h),
+                       converged=all(s["converged"] for s in h), residuals=h[0]["residuals"])
+        return out
 
 
 class DEQSampler(_FixedPointDDIM):
@@ -135,13 +197,15 @@ class DEQSampler(_FixedPointDDIM):
 
     def __init__(self, diffusion, steps: int | None = None, subsequence=None, clip_x0: float | None = None,
                  m: int = 5, damping: float = 1.0, tol: float = 1e-4, max_iter: int | None = None,
-                 chunk: int | None = None):
-        super().__init__(diffusion, steps, subsequence, clip_x0, tol, max_iter, chunk)
+                 chunk: int | None = None, form: str = "unrolled"):
+        super().__init__(diffusion, steps, subsequence, clip_x0, tol, max_iter, chunk, form)
         check_anderson(m, damping, tol, self.max_iter)
         self.m, self.damping = m, float(damping)
 
     @torch.no_grad()
-    def sample(self, predict: PredictFn, x_T: torch.Tensor, generator=None, progress: bool = False) -> torch.Tensor:
+    def trajectory(self, predict: PredictFn, x_T: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        """All S states X* [S, B, ...] of the fixed point (the last is the sample), solved from ``init``
+        [S, B, ...] (default every state = x_T; a nearby fixed point, as in inversion, saves iterations)."""
         S, B = len(self.timesteps), x_T.shape[0]
         shape = (S, *x_T.shape)
 
@@ -149,10 +213,15 @@ class DEQSampler(_FixedPointDDIM):
             X = z.reshape(B, S, -1).transpose(0, 1).reshape(shape)
             return self.chain_map(predict, x_T, X).reshape(S, B, -1).transpose(0, 1).reshape(B, -1)
 
-        z0 = x_T.reshape(1, B, -1).expand(S, B, -1).transpose(0, 1).reshape(B, -1).clone()
+        start = x_T[None].expand(shape) if init is None else init
+        z0 = start.reshape(S, B, -1).transpose(0, 1).reshape(B, -1).clone()
         z, residuals, iters = anderson(f, z0, self.m, beta=self.damping, tol=self.tol, max_iter=self.max_iter)
-        self.last_stats = {"iterations": iters, "nfe": iters * S, "residual": residuals[-1], "residuals": residuals}
-        return z.reshape(B, S, -1)[:, -1].reshape(x_T.shape)
+        self._record({"iterations": iters, "nfe": iters * S, "residual": residuals[-1], "residuals": residuals,
+                      "converged": residuals[-1] < self.tol})
+        return z.reshape(B, S, -1).transpose(0, 1).reshape(shape)
+
+    def sample(self, predict: PredictFn, x_T: torch.Tensor, generator=None, progress: bool = False) -> torch.Tensor:
+        return self.trajectory(predict, x_T)[-1]
 
 
 class PicardSampler(_FixedPointDDIM):
@@ -164,8 +233,8 @@ class PicardSampler(_FixedPointDDIM):
 
     def __init__(self, diffusion, steps: int | None = None, subsequence=None, clip_x0: float | None = None,
                  window: int | None = None, tol: float = 1e-4, max_iter: int | None = None,
-                 chunk: int | None = None):
-        super().__init__(diffusion, steps, subsequence, clip_x0, tol, max_iter, chunk)
+                 chunk: int | None = None, form: str = "unrolled"):
+        super().__init__(diffusion, steps, subsequence, clip_x0, tol, max_iter, chunk, form)
         S = len(self.timesteps)
         window = S if window is None else window
         if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= S:
@@ -193,6 +262,6 @@ class PicardSampler(_FixedPointDDIM):
             while start + done < stop and worst[done] < self.tol:
                 done += 1
             start += done
-        self.last_stats = {"iterations": iters, "nfe": nfe, "residual": residuals[-1] if residuals else 0.0,
-                           "residuals": residuals, "converged": start >= S}
+        self._record({"iterations": iters, "nfe": nfe, "residual": residuals[-1] if residuals else 0.0,
+                      "residuals": residuals, "converged": start >= S})
         return X[-1]

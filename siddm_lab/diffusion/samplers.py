@@ -76,9 +76,10 @@ class StepSampler:
         return len(self.timesteps)
 
     def settings(self) -> dict:
-        """What ran, for metrics.json and tables: sampler, sub-sequence, S, NFE and the rule's parameters."""
+        """What ran, for metrics.json and tables: sampler, sub-sequence, S, NFE (network evaluations per
+        sample), sequential depth (network calls one after the other) and the rule's parameters."""
         return {"sampler": self.name, "subsequence": self.subsequence, "steps": self.steps or self.nfe,
-                "nfe": self.nfe, "clip_x0": self.clip_x0}
+                "nfe": self.nfe, "depth": self.nfe, "clip_x0": self.clip_x0}
 
     def clipped(self, predict: PredictFn) -> PredictFn:
         """``predict`` with x0' clipped to [-clip_x0, clip_x0] and ε' re-derived (unchanged without clip_x0)."""
@@ -348,7 +349,7 @@ class GeneratorChain:
         return self.steps
 
     def settings(self) -> dict:
-        return {"sampler": self.name, "steps": self.steps, "nfe": self.steps}
+        return {"sampler": self.name, "steps": self.steps, "nfe": self.steps, "depth": self.steps}
 
     def sample(self, predict_x0, x_T: torch.Tensor, rng) -> torch.Tensor:
         return sample_generator_chain(predict_x0, self.diffusion, x_T, rng, self.steps)

@@ -64,11 +64,15 @@ def listing(rows: list[dict], row_key: str, metric: str | list[str], paper: dict
     for r in rows:
         if row_key in r and any(m in r for m in metrics):
             groups[str(r[row_key])].append(r)
-    head = [row_key, "NFE", *metrics] + (["paper"] if paper else [])
+    # the sequential depth (solver iterations of a fixed-point sampler) when it is not the NFE
+    depth = any("depth" in r and _num(r["depth"]) != _num(r.get("nfe")) for g in groups.values() for r in g)
+    head = [row_key, "NFE", *(["depth"] if depth else []), *metrics] + (["paper"] if paper else [])
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for key in sorted(groups, key=_sort_key):
         nfe = sorted({str(r.get("nfe", "")) for r in groups[key]})
         cells = [_cell([float(r[m]) for r in groups[key] if m in r]) for m in metrics]
+        if depth:
+            cells.insert(0, ", ".join(sorted({str(r.get("depth", "")) for r in groups[key]})))
         if paper:
             cells.append(_fmt_paper(_lookup(paper, key)))
         lines.append(f"| {key} | {', '.join(nfe)} | " + " | ".join(cells) + " |")
