@@ -41,10 +41,10 @@ def analytic(T: int = 1000, s2: float = 0.5):
     return diff, predict, (2,), "analytic Gaussian-data denoiser (2-D)"
 
 
-def from_checkpoint(path: str):
+def from_checkpoint(path: str, device: str = "cpu"):
     from siddm_lab.models.loading import load_model
 
-    model, _ = load_model(path)
+    model, _ = load_model(path, device=torch.device(device))
     return model.diffusion, model.predict_x0_eps, tuple(model.data_shape), f"checkpoint {path}"
 
 
@@ -62,28 +62,36 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tol", type=float, default=1e-4, help="solver tolerance (relative residual / change)")
     ap.add_argument("--atol", type=float, default=1e-3, help="max |parallel - sequential| accepted")
+    ap.add_argument("--forms", default="unrolled", help="chain-map forms of the parallel samplers: unrolled, "
+                    "sequential or both (comma list)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "parallel_sampling"))
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
-    diff, predict, shape, what = from_checkpoint(args.ckpt) if args.ckpt else analytic()
-    x_T = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0))
+    diff, predict, shape, what = from_checkpoint(args.ckpt, args.device) if args.ckpt else analytic()
+    x_T = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0)).to(args.device)
+    forms = args.forms.split(",")
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     rows = []
     for S in [int(s) for s in args.steps.split(",")]:
-        sides = {"ddim": DDIMSampler(diff, 0.0, steps=S), "deq": DEQSampler(diff, steps=S, tol=args.tol),
-                 "picard": PicardSampler(diff, steps=S, tol=args.tol)}
+        sides = {"ddim": DDIMSampler(diff, 0.0, steps=S)}
+        for form in forms:
+            suffix = "" if form == "unrolled" else f"_{form}"
+            sides[f"deq{suffix}"] = DEQSampler(diff, steps=S, tol=args.tol, form=form)
+            sides[f"picard{suffix}"] = PicardSampler(diff, steps=S, tol=args.tol, form=form)
         times = {k: [] for k in sides}
         stats, err = {}, {}
         ref = None
         for _ in range(args.repeats):  # interleaved: every repeat runs the three sides in turn
             for name, sampler in sides.items():
-                seconds, out = timed(lambda s=sampler: s.sample(predict, x_T))
+                seconds, out = timed(lambda s=sampler: (s.sample(predict, x_T), sync())[0])
                 times[name].append(seconds)
                 if name == "ddim":
                     ref = out
                 else:
                     err[name] = float((out - ref).abs().max())
                     stats[name] = {k: v for k, v in sampler.last_stats.items() if k != "residuals"}
-        for name in ("deq", "picard"):
+        for name in [k for k in sides if k != "ddim"]:
             ratios = [p / s for p, s in zip(times[name], times["ddim"])]
             rows.append({"S": S, "sampler": name, "ratio_min": min(ratios), "ratio_median": statistics.median(ratios),
                          "ratio_max": max(ratios), "seconds_median": statistics.median(times[name]),
@@ -93,16 +101,16 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": what, "batch": args.batch, "repeats": args.repeats, "tol": args.tol, "atol": args.atol,
-            "device": "cpu", "torch_threads": torch.get_num_threads()}
+            "device": args.device, "torch_threads": torch.get_num_threads(), "forms": forms}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [f"Parallel sampling vs sequential DDIM (η=0), {what}, batch {args.batch}, {args.repeats} interleaved "
-             f"repeats, CPU ({torch.get_num_threads()} threads), solver tol {args.tol}. Ratio = parallel / "
+             f"repeats, {args.device} ({torch.get_num_threads()} threads), solver tol {args.tol}. Ratio = parallel / "
              f"sequential wall time (< 1 is faster).", "",
              "| S | sampler | ratio min | ratio median | ratio max | sequential s | iterations | NFE | "
              "max abs err | reached |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['S']} | {r['sampler']} | {r['ratio_min']:.2f} | {r['ratio_median']:.2f} | "
-                     f"{r['ratio_max']:.2f} | {r['ddim_seconds_median']:.3g} | {r['iterations']} | {r['nfe']} | "
+                     f"{r['ratio_max']:.2f} | {r['ddim_seconds_median']:.3g} | {r['iterations']} | {r['nfe']:.0f} | "
                      f"{r['max_abs_error']:.1e} | {'yes' if r['reached'] else 'no'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

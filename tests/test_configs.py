@@ -208,6 +208,20 @@ def test_ddim_table1_sweep_is_the_papers_grid():
     assert params["sampler.eta"] == "0.0,0.2,0.5,1.0,sigma_hat"
 
 
+def test_deq_inversion_table_sweeps_s_and_method_with_the_deq_decoder():
+    """Baseline vs DEQ at S in {10, 100}: every job inverts with the DEQ sampler's plan (backprop uses the plan
+    only), the public code's solver settings, and the same images and Adam settings."""
+    from siddm_lab.diffusion import DEQSampler, GaussianDiffusion
+
+    cfg = compose_sample(["experiment=deq_inversion_table", "ckpt=x.ckpt"])
+    validate(cfg)
+    params = cfg.hydra.sweeper.params
+    assert params["sampler.steps"] == "10,100" and params["invert.method"] == "backprop,phantom"
+    assert cfg.mode == "invert" and cfg.invert.num >= 10
+    sampler = instantiate(cfg.sampler)(diffusion=GaussianDiffusion.from_schedule("linear", 1000))
+    assert isinstance(sampler, DEQSampler) and (sampler.m, sampler.damping, sampler.max_iter) == (3, 0.9, 15)
+
+
 @pytest.mark.parametrize("row,name,steps", [("last100", "last_k", None), ("exponential", "exponential", None),
                                             ("first100last100", "first_k_last_k", None),
                                             ("quadratic10", "quadratic", 10), ("quadratic100", "quadratic", 100)])

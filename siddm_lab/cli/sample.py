@@ -183,7 +183,9 @@ def invert(model, sampler, dm, cfg, out_dir: Path, title: str) -> dict:
     curve = [sum(v) / len(v) for v in zip(*[r["curve"] for r in results])]
     std = float(min_loss.std()) if n > 1 else 0.0
     return {**{f"invert_{k}": v for k, v in inv.settings().items()}, "invert_init": c.init, "num_inverted": n,
-            "min_loss": float(min_loss.mean()), "min_loss_std": std, "final_mse": float(final.mean()),
+            "min_loss": float(min_loss.mean()), "min_loss_std": std,
+            "min_sse": float(min_loss.mean()) * target[0].numel(),  # the public code's loss: summed over pixels
+            "final_mse": float(final.mean()),
             "final_mse_std": float(final.std()) if n > 1 else 0.0, "invert_seconds": m.seconds,
             "seconds_per_image": m.seconds / n, "invert_nfe_per_image": sum(r["nfe"] for r in results) / len(results),
             "fixed_point_iterations_mean": sum(fp_iters) / len(fp_iters) if fp_iters else None,
