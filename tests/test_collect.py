@@ -262,3 +262,26 @@ def test_listing_shows_the_sequential_depth_of_fixed_point_samplers(tmp_path):
     assert lines[2] == "| ddim | 50 | 50 | 2 | 10 |" and lines[3] == "| deq | 600.0 | 12 | 5 | 90 |"
     only_steps = [r for r in rows if r["sampler"] == "ddim"]
     assert listing(only_steps, "sampler", "sample_seconds").splitlines()[0] == "| sampler | NFE | sample_seconds |"
+
+
+def test_a_null_metric_is_missing_not_malformed(tmp_path):
+    """null = not measured by that job (a sequential sampler has no solver iterations): the job stays in the
+    table with a missing cell; a string where a number belongs still skips the job."""
+    _job(tmp_path, "0", ["invert.method=backprop"], {"nfe": 10, "min_loss": 0.5, "fixed_point_iterations_mean": None})
+    _job(tmp_path, "1", ["invert.method=phantom"], {"nfe": 80, "min_loss": 0.4, "fixed_point_iterations_mean": 8.0})
+    _job(tmp_path, "2", ["invert.method=ift"], {"nfe": 80, "min_loss": "low", "fixed_point_iterations_mean": 8.0})
+    rows, problems = collect(tmp_path, numeric=("min_loss", "fixed_point_iterations_mean"))
+    assert len(rows) == 2 and len(problems) == 1 and "min_loss='low' is not a number" in problems[0]
+    lines = listing(rows, "invert.method", ["min_loss", "fixed_point_iterations_mean"]).strip().splitlines()
+    assert lines[2] == "| backprop | 10 | 0.5 | — |" and lines[3] == "| phantom | 80 | 0.4 | 8 |"
+
+
+def test_rows_of_several_keys_are_their_combinations(tmp_path):
+    for i, (method, steps, loss) in enumerate([("backprop", 10, 0.4), ("phantom", 10, 0.3), ("backprop", 100, 0.2),
+                                               ("phantom", 100, 0.1)]):
+        _job(tmp_path, str(i), [f"invert.method={method}", f"sampler.steps={steps}"], {"nfe": steps, "min_loss": loss})
+    assert main([str(tmp_path), "--rows", "invert.method,sampler.steps", "--metric", "min_loss"]) == 0
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert "| backprop, 10 | 10 | 0.4 |" in lines and "| phantom, 100 | 100 | 0.1 |" in lines
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--rows", "invert.method,sampler.stepz", "--metric", "min_loss"])

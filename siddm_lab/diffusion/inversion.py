@@ -65,12 +65,14 @@ class Inversion:
 
     Args: ``method`` (backprop | phantom | ift), ``iters`` Adam steps, ``lr``, ``pg_steps`` and ``pg_damping``
     (phantom), ``adjoint_iters`` (ift; null = S, exact), ``warm_start`` (DEQ: solve each step's fixed point
-    from the previous one instead of from x_T; x_T moves little per step, so this saves iterations). The DEQ
+    from the previous one instead of from x_T. In the unrolled form the change of x_T reaches the later states
+    amplified by up to 1/sqrt(ᾱ_{t_1}) before the ε-terms catch up, so at Adam's step sizes this usually costs
+    iterations rather than saving them; off by default). The DEQ
     settings (m, tol, max_iter, ...) come from the ``DEQSampler`` given to ``run``; ``backprop`` uses its plan
     only."""
 
     def __init__(self, method: str = "phantom", iters: int = 100, lr: float = 0.005, pg_steps: int = 1,
-                 pg_damping: float = 0.1, adjoint_iters: int | None = None, warm_start: bool = True):
+                 pg_damping: float = 0.1, adjoint_iters: int | None = None, warm_start: bool = False):
         if method not in METHODS:
             raise ConfigError(f"invert.method={method!r} is unknown; allowed: {', '.join(METHODS)}")
         for key, v, lo in (("iters", iters, 1), ("pg_steps", pg_steps, 1)):

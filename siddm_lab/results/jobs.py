@@ -61,10 +61,12 @@ def _json_kind(v) -> str:
 
 def _malformed(metrics, numeric) -> str | None:
     """What is wrong with the content of a metrics.json (None when it is usable): it must be a JSON
-    object, and the keys in ``numeric`` (those the table and plots read as numbers) must hold numbers."""
+    object, and the keys in ``numeric`` (those the table and plots read as numbers) must hold numbers or
+    null (not measured by this job, e.g. the solver iterations of a sequential sampler: read as missing)."""
     if not isinstance(metrics, dict):
         return f"not a JSON object of metrics (got {_json_kind(metrics)})"
-    bad = [f"{k}={metrics[k]!r} is not a number" for k in numeric if k in metrics and not _is_number(metrics[k])]
+    bad = [f"{k}={metrics[k]!r} is not a number" for k in numeric
+           if metrics.get(k) is not None and not _is_number(metrics[k])]
     return "; ".join(bad) or None
 
 
@@ -102,7 +104,7 @@ def collect(sweep_dir, numeric=("nfe",)) -> tuple[list[dict], list[str]]:
             problems.append(f"{mfile}: {wrong}; job skipped")
             continue
         row = {"job": str(folder.relative_to(sweep_dir)), "run": str(job.relative_to(sweep_dir)), **_overrides(job)}
-        row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
+        row.update({k: v for k, v in metrics.items() if v is not None and not isinstance(v, (dict, list))})
         rows.append(row)
         found[job].append(metrics.get("seed"))
     for job in jobs:

@@ -54,8 +54,14 @@ def write_report(sweep_dir, out=None, *, row_key: str | None = None, col_key: st
         w.writeheader()
         w.writerows(rows)
     for flag, key in (("--rows", row_key), ("--cols", col_key), ("--group", group)):
-        if key and key not in keys:
-            raise ConfigError(f"{flag} {key}: no job has this config key; keys of these jobs: {', '.join(keys)}")
+        for part in (key or "").split(","):
+            if part and part not in keys:
+                raise ConfigError(f"{flag} {part}: no job has this config key; keys of these jobs: {', '.join(keys)}")
+        if key and "," in key:  # several keys: one line (column, group) per combination of their values
+            parts = key.split(",")
+            for r in rows:
+                if all(p in r for p in parts):
+                    r[key] = ", ".join(str(r[p]) for p in parts)
     unknown = [m for m in metrics if m not in keys] if named else []
     if unknown:
         raise ConfigError(f"--metric {', '.join(unknown)}: no job has this metric; keys of these jobs: "
