@@ -36,9 +36,13 @@ class CosineContinuousTime(nn.Module):
     ``s``: the cosine offset; ``t_min``: the smallest training t+ (the released 1e-4)."""
 
     continuous = True
+    noise = "gaussian"
 
-    def __init__(self, T: int, s: float = 0.008, t_min: float = 1e-4):
+    def __init__(self, T: int, s: float = 0.008, t_min: float = 1e-4, noise=None):
         super().__init__()
+        if (noise or {}).get("name", "gaussian") != "gaussian":
+            raise ConfigError(f"noise={(noise or {}).get('name')}: schedule=cosine_continuous is the diffusion GANs' "
+                              f"Gaussian process; Gamma noise is a DDPM option (use a discrete schedule)")
         if isinstance(T, bool) or not isinstance(T, int) or T < 1:
             raise ConfigError(f"diffusion.steps must be a positive integer, got {T!r}")
         if not 0.0 <= s < 1.0 or not 0.0 <= t_min < 1.0:

@@ -67,9 +67,35 @@ class GaussianDiffusion(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
 
+    noise = "gaussian"
+
     @classmethod
-    def from_schedule(cls, name: str, T: int, **kwargs) -> GaussianDiffusion:
+    def from_schedule(cls, name: str, T: int, noise=None, **kwargs) -> GaussianDiffusion:
+        """The process of a β schedule (``make_betas``). ``noise`` (the ``noise`` config group): None or
+        {"name": "gaussian"}, or {"name": "gamma", "theta0": θ0} for ``GammaDiffusion``."""
+        kind = (noise or {}).get("name", "gaussian")
+        extra = {k: v for k, v in (noise or {}).items() if k != "name"}
+        if kind == "gamma":
+            from siddm_lab.diffusion.gamma import GammaDiffusion
+
+            return GammaDiffusion(make_betas(name, T, **kwargs), **extra)
+        if kind != "gaussian" or extra:
+            raise ConfigError(f"noise={dict(noise)!r} is invalid: expected noise=gaussian (no settings) or "
+                              f"noise=gamma (theta0)")
         return cls(make_betas(name, T, **kwargs))
+
+    # ------------------------------------------------------------------ noise (``GammaDiffusion`` overrides)
+    def noise_like(self, x0: torch.Tensor, t: torch.Tensor, rng=None) -> torch.Tensor:
+        """The standardised forward noise ε of q(x_t | x0) (here N(0, I)), from ``rng`` (a RandomSource)."""
+        return torch.randn_like(x0) if rng is None else rng.randn_like(x0)
+
+    def step_noise(self, x: torch.Tensor, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The noise z of a reverse step at timestep t (here N(0, I)), from ``generator`` on x's device."""
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    def prior_sample(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_T for sampling, on the CPU (here N(0, I))."""
+        return torch.randn(tuple(shape), generator=generator)
 
     @property
     def num_timesteps(self) -> int:

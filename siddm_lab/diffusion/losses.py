@@ -71,7 +71,7 @@ class DDPMLoss:
         if t is None:
             t = diffusion.sample_times(rng, x0)
         if noise is None:
-            noise = rng.randn_like(x0)
+            noise = diffusion.noise_like(x0, t, rng)
         x_t = diffusion.q_sample(x0, t, noise)
         out = net(x_t, t)
         target = diffusion.training_target(self.prediction_type, x0, noise, t)
@@ -88,7 +88,7 @@ class DDPMLoss:
         rng = parts.rng
         t = parts.process.sample_times(rng, x0)
         with torch.no_grad():
-            x_t = parts.process.q_sample(x0, t, rng.randn_like(x0))
+            x_t = parts.process.q_sample(x0, t, parts.process.noise_like(x0, t, rng))
             x0_fake = self._x0(parts, x_t, t, parts.generator(x_t, t, None))
         real = parts.discriminator(x0, t, None, heads=("logit",)).logit
         fake = parts.discriminator(x0_fake, t, None, heads=("logit",)).logit

@@ -175,6 +175,9 @@ class DDIMSampler(StepSampler):
             self.eta = float(eta)
         super().__init__(diffusion, steps, subsequence, clip_x0)
         self.stochastic = self.sigma_hat or self.eta > 0
+        if self.stochastic and getattr(diffusion, "noise", "gaussian") != "gaussian":
+            raise ConfigError(f"sampler.eta={eta}: stochastic DDIM is derived for Gaussian noise; this process has "
+                              f"{diffusion.noise} noise: use sampler=ddpm (ancestral, with its noise) or sampler.eta=0")
 
     def settings(self) -> dict:
         return {**super().settings(), "eta": "sigma_hat" if self.sigma_hat else self.eta}
@@ -239,7 +242,7 @@ def sample_loop(
         x0, eps = predict(x, t_batch)
         noise = None
         if s >= 0 and sampler.stochastic:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = sampler.diffusion.step_noise(x, t, generator)
         x = sampler.step(x, t, s, x0, eps, noise)
     return x
 

@@ -240,7 +240,9 @@ class DiffusionModule(L.LightningModule):
         try:
             for i in range(0, n, bs):
                 m = min(bs, n - i)
-                x_T = torch.randn((m, *self.data_shape), generator=generator).to(self.device)
+                prior = getattr(self.diffusion, "prior_sample", None)
+                x_T = (prior((m, *self.data_shape), generator) if prior is not None
+                       else torch.randn((m, *self.data_shape), generator=generator)).to(self.device)
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
                 out.append(self.draw(sampler, x_T, seed, progress).cpu())
         finally:

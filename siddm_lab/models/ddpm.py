@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from siddm_lab.diffusion import AncestralSampler, DDIMSampler, DDPMLoss
+from siddm_lab.diffusion import AncestralSampler, DDIMSampler, DDPMLoss, RandomSource
 from siddm_lab.models.base import DiffusionModule
 
 
@@ -55,7 +55,7 @@ class DDPM(DiffusionModule):
         # Fixed t and noise per batch: the validation loss is comparable across evaluations.
         g = torch.Generator().manual_seed(10_000 + batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (batch.shape[0],), generator=g).to(self.device)
-        noise = torch.randn(batch.shape, generator=g).to(self.device, batch.dtype)
+        noise = self.diffusion.noise_like(batch, t, RandomSource.single(g)).to(self.device, batch.dtype)
         loss = self.loss(batch, t, noise)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         return loss

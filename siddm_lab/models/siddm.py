@@ -58,6 +58,9 @@ class SIDDM(DiffusionModule):
                               f"{type(objective).__name__}")
         if discriminator is None:
             raise ConfigError("a diffusion GAN needs a discriminator (conf/discriminator)")
+        if getattr(diffusion, "noise", "gaussian") != "gaussian":
+            raise ConfigError(f"noise={diffusion.noise}: the diffusion GANs' objectives (pairs and posterior sampling "
+                              f"of the Gaussian process) need noise=gaussian; Gamma noise is a DDPM option")
         if z_dist not in Z_DISTS:
             raise ConfigError(f"model.z_dist={z_dist!r} is unknown; allowed: {', '.join(Z_DISTS)}")
         if getattr(generator, "cond_dim", nz) != nz:
