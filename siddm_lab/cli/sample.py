@@ -177,9 +177,17 @@ def invert(model, sampler, dm, cfg, out_dir: Path, title: str) -> dict:
     min_loss = torch.cat([r["min_loss"] for r in results]).cpu()
     decoded = inv.decode(predict, sampler, best)
     final = (decoded - target).pow(2).flatten(1).mean(1).cpu()
-    both = torch.cat([target.cpu(), decoded.cpu()])
-    dm.save_samples(both, out_dir, stem="inversion", title=f"{title} {c.method}: top data, bottom decoded best x_T",
-                    nrow=None if both.dim() == 2 else n)
+    if target.dim() == 2 and target.shape[1] == 2:  # points: each target joined to its decoding
+        from siddm_lab.utils.plotting import pairs
+
+        to_data = getattr(dm, "to_data_space", lambda x: x)
+        ref = getattr(dm, "reference", None)
+        pairs(to_data(target.cpu().float()).numpy(), to_data(decoded.cpu().float()).numpy(), out_dir / "inversion.png",
+              reference=None if ref is None else ref.numpy(), title=f"{title} {c.method}: decoded best x_T")
+    else:
+        both = torch.cat([target.cpu(), decoded.cpu()])
+        dm.save_samples(both, out_dir, stem="inversion", title=f"{title} {c.method}: top data, bottom decoded best x_T",
+                        nrow=n)
     curve = [sum(v) / len(v) for v in zip(*[r["curve"] for r in results])]
     std = float(min_loss.std()) if n > 1 else 0.0
     return {**{f"invert_{k}": v for k, v in inv.settings().items()}, "invert_init": c.init, "num_inverted": n,

@@ -41,6 +41,25 @@ def scatter(x: np.ndarray, path, reference: np.ndarray | None = None, centers: n
     return Path(path)
 
 
+def pairs(targets: np.ndarray, decoded: np.ndarray, path, reference: np.ndarray | None = None,
+          title: str | None = None):
+    """2-D points: each target (circle) joined to what was decoded for it (cross), over the data in grey."""
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if reference is not None:
+        ax.scatter(reference[:2000, 0], reference[:2000, 1], s=2, c="lightgrey", label="data")
+    for a, b in zip(targets, decoded):
+        ax.plot([a[0], b[0]], [a[1], b[1]], c="tab:blue", lw=0.8)
+    ax.scatter(targets[:, 0], targets[:, 1], s=30, facecolors="none", edgecolors="tab:green", label="target")
+    ax.scatter(decoded[:, 0], decoded[:, 1], s=30, marker="x", c="tab:red", label="decoded")
+    ax.legend(loc="upper right", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def side_by_side(panels: list[tuple[str, np.ndarray]], path, reference: np.ndarray | None = None,
                  max_points: int = 5000, ncols: int | None = None):
     """One scatter panel per (title, points), same axes; used to compare methods. ``ncols`` panels
