@@ -54,10 +54,24 @@ def trained_config(config: dict) -> dict:
 
 _ABSENT = "(absent)"
 
+# Keys added to the config after checkpoints were written, with the value the code used before they existed:
+# a checkpoint without the key trained with that value, so it may resume under the current default.
+ADDED_KEYS = {".diffusion.noise.name": "gaussian"}
+
+
+def _with_added_defaults(flat: dict) -> dict:
+    out = dict(flat)
+    prefixes = {k.split(".diffusion.")[0] for k in flat if ".diffusion." in k}
+    for prefix in prefixes:
+        for suffix, value in ADDED_KEYS.items():
+            out.setdefault(prefix + suffix, value)
+    return out
+
 
 def config_changes(saved: dict, current: dict) -> list[str]:
-    """``key: checkpoint <v>, now <v>`` for each trained key whose value differs."""
-    a, b = trained_config(saved), trained_config(current)
+    """``key: checkpoint <v>, now <v>`` for each trained key whose value differs (a key the checkpoint
+    predates counts as its old default, ``ADDED_KEYS``)."""
+    a, b = _with_added_defaults(trained_config(saved)), trained_config(current)
     return [f"{k}: checkpoint {a.get(k, _ABSENT)!r}, now {b.get(k, _ABSENT)!r}"
             for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 

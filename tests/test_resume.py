@@ -200,3 +200,19 @@ def test_an_exception_before_the_first_iteration_writes_no_checkpoint(tmp_path):
         run_train(SMALL + fail + ["+callbacks.fail.step=3"], tmp_path / "at3")
     ckpt = torch.load(tmp_path / "at3" / "checkpoints" / "on_exception.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 3
+
+
+def test_a_checkpoint_from_before_the_noise_group_resumes_under_gaussian_noise_only():
+    """Checkpoints written before ``noise`` existed trained with Gaussian noise: resuming them under
+    noise=gaussian is no change, under noise=gamma it is one."""
+    from siddm_lab.resume import config_changes
+
+    old = {"model": {"diffusion": {"name": "linear", "T": 10}}, "diffusion": {"steps": 10}}
+    now = {"model": {"diffusion": {"name": "linear", "T": 10, "noise": {"name": "gaussian"}}},
+           "diffusion": {"steps": 10}}
+    assert config_changes(old, now) == []
+    gamma = {"model": {"diffusion": {"name": "linear", "T": 10, "noise": {"name": "gamma", "theta0": 0.1}}},
+             "diffusion": {"steps": 10}}
+    changes = config_changes(old, gamma)
+    assert any("noise.name: checkpoint 'gaussian', now 'gamma'" in c for c in changes)
+    assert any("noise.theta0: checkpoint '(absent)', now 0.1" in c for c in changes)
