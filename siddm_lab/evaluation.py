@@ -88,8 +88,6 @@ def draw(model, sampler, n: int, seed: int, batch_size: int | None = None, progr
     """(samples, seconds): n samples of ``model`` with ``sampler`` from the seed ``seed`` (x_T and every
     batch's noise follow from it; the same on any device). With ``measure`` (a dict), also fills it with
     the wall time and peak memory of the sampling (``siddm_lab.utils.measure``)."""
-    if hasattr(sampler, "reset_stats"):
-        sampler.reset_stats()
     with Measure(model.device) as m:
         samples = model.sample(n, sampler=sampler, generator=torch.Generator().manual_seed(int(seed)),
                                batch_size=batch_size, progress=progress)

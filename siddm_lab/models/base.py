@@ -233,6 +233,8 @@ class DiffusionModule(L.LightningModule):
         if self.data_shape is None:
             raise RuntimeError("data_shape is unknown: attach a datamodule or set model.data_shape")
         sampler = self.get_sampler(sampler)
+        if hasattr(sampler, "reset_stats"):  # a fixed-point sampler's accounting covers this call's batches
+            sampler.reset_stats()
         bs = batch_size or n
         was_training = self.training
         self.eval()
