@@ -70,16 +70,19 @@ def test_picard_equals_sequential_ddim(diff, window):
         assert picard.last_stats["iterations"] == 20 and picard.last_stats["nfe"] == 20
 
 
-def test_deq_on_a_tiny_unet_equals_sequential_ddim():
+def tiny_unet_predict(std: float = 0.02):
+    """(process, ε-predictor) of an 8×8 UNet with random weights N(0, std²), T = 100."""
     diff = GaussianDiffusion.from_schedule("linear", 100)
     torch.manual_seed(0)
     net = UNet(1, image_size=8, ch=32, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
     for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    net.eval()
+        torch.nn.init.normal_(p, std=std)
+    net.eval().requires_grad_(False)
+    return diff, lambda x, t: diff.to_x0_eps("eps", x, t, net(x, t))
 
-    def predict(x, t):
-        return diff.to_x0_eps("eps", x, t, net(x, t))
+
+def test_deq_on_a_tiny_unet_equals_sequential_ddim():
+    diff, predict = tiny_unet_predict()
 
     x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     ddim = DDIMSampler(diff, 0.0, steps=10)

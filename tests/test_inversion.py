@@ -15,19 +15,12 @@ from siddm_lab.diffusion import (
     ift_gradient,
 )
 from siddm_lab.errors import ConfigError
-from siddm_lab.nets import UNet
-from tests.test_fixed_point import _gmm_predict
+from tests.test_fixed_point import _gmm_predict, tiny_unet_predict
 
 
 @pytest.fixture(scope="module")
 def unet_predict():
-    diff = GaussianDiffusion.from_schedule("linear", 100)
-    torch.manual_seed(0)
-    net = UNet(1, image_size=8, ch=32, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    net.eval().requires_grad_(False)
-    return diff, lambda x, t: diff.to_x0_eps("eps", x, t, net(x, t))
+    return tiny_unet_predict(std=0.05)
 
 
 def _backprop_grad(predict, sampler, x_T, v):

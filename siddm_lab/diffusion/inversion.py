@@ -27,7 +27,7 @@ import math
 import torch
 
 from siddm_lab.diffusion.fixed_point import DEQSampler
-from siddm_lab.diffusion.samplers import DDIMSampler, PredictFn
+from siddm_lab.diffusion.samplers import DDIMSampler, PredictFn, run_chain
 from siddm_lab.errors import ConfigError
 
 METHODS = ("backprop", "phantom", "ift")
@@ -35,13 +35,7 @@ METHODS = ("backprop", "phantom", "ift")
 
 def decode_backprop(predict: PredictFn, sampler: DDIMSampler, x_T: torch.Tensor) -> torch.Tensor:
     """The sequential deterministic DDIM chain over ``sampler``'s plan, differentiable (keeps the graph)."""
-    ts = sampler.timesteps
-    clipped = sampler.clipped(predict)
-    x = x_T
-    for t, s in zip(ts, ts[1:] + [-1]):
-        x0, eps = clipped(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
-        x = sampler.step(x, t, s, x0, eps)
-    return x
+    return run_chain(sampler.clipped(predict), sampler, x_T, sampler.timesteps)
 
 
 def ift_gradient(predict: PredictFn, deq: DEQSampler, x_T: torch.Tensor, X: torch.Tensor, v: torch.Tensor,

@@ -214,8 +214,7 @@ def validate_timesteps(timesteps: Sequence[int], T: int, allow_repeats: bool = F
     return ts
 
 
-@torch.no_grad()
-def sample_loop(
+def run_chain(
     predict: PredictFn,
     sampler,
     x_T: torch.Tensor,
@@ -224,7 +223,8 @@ def sample_loop(
     progress: bool = False,
     allow_repeats: bool = False,
 ) -> torch.Tensor:
-    """Run ``sampler`` from x_T over ``timesteps`` (decreasing), returning the final x0.
+    """Run ``sampler`` from x_T over ``timesteps`` (decreasing), returning the final x0, with autograd as the
+    caller has it (``sample_loop`` is this without a graph; model inversion backpropagates through it).
 
     The network is called once per element of ``timesteps``: the NFE is ``len(timesteps)``.
     Noise for stochastic steps is drawn from ``generator`` on x's device.
@@ -245,6 +245,14 @@ def sample_loop(
             noise = sampler.diffusion.step_noise(x, t, generator)
         x = sampler.step(x, t, s, x0, eps, noise)
     return x
+
+
+@torch.no_grad()
+def sample_loop(predict: PredictFn, sampler, x_T: torch.Tensor, timesteps: Sequence[int],
+                generator: torch.Generator | None = None, progress: bool = False,
+                allow_repeats: bool = False) -> torch.Tensor:
+    """``run_chain`` without a graph."""
+    return run_chain(predict, sampler, x_T, timesteps, generator, progress, allow_repeats)
 
 
 @torch.no_grad()

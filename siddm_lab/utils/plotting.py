@@ -32,7 +32,12 @@ def scatter(x: np.ndarray, path, reference: np.ndarray | None = None, centers: n
     _points(ax, x, reference, max_points, labels=True)
     if centers is not None:
         ax.scatter(centers[:, 0], centers[:, 1], s=25, marker="x", c="tab:red", label="modes")
-    ax.legend(loc="upper right", fontsize=7, markerscale=3)
+    return _finish(fig, ax, path, title, markerscale=3)
+
+
+def _finish(fig, ax, path, title: str | None, markerscale: float = 1.0) -> Path:
+    """Legend, title, save and close: the end of every one-panel 2-D plot."""
+    ax.legend(loc="upper right", fontsize=7, markerscale=markerscale)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -51,13 +56,7 @@ def pairs(targets: np.ndarray, decoded: np.ndarray, path, reference: np.ndarray 
         ax.plot([a[0], b[0]], [a[1], b[1]], c="tab:blue", lw=0.8)
     ax.scatter(targets[:, 0], targets[:, 1], s=30, facecolors="none", edgecolors="tab:green", label="target")
     ax.scatter(decoded[:, 0], decoded[:, 1], s=30, marker="x", c="tab:red", label="decoded")
-    ax.legend(loc="upper right", fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, ax, path, title)
 
 
 def side_by_side(panels: list[tuple[str, np.ndarray]], path, reference: np.ndarray | None = None,
