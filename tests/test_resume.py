@@ -181,11 +181,23 @@ def test_a_resume_that_changes_the_model_or_process_is_refused(tmp_path, change,
     assert _files(tmp_path) == before
 
 
+def _csv_rows(folder):
+    import csv
+
+    with open(folder / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_a_resume_may_train_longer_and_change_evaluation_and_logging(tmp_path):
     run_train(SMALL, tmp_path)
+    before = _csv_rows(tmp_path)
     metrics, _ = run_train(SMALL + ["trainer.max_steps=8", "model.eval_num_samples=32", "model.log_every_n_steps=2",
                                     "eval.num_samples=100", "ckpt_path=last"], tmp_path)
     assert metrics["global_step"] == 8
+    # the resumed run appends to metrics.csv: the first run's rows are still there, values unchanged
+    after = _csv_rows(tmp_path)
+    assert before and [{k: r.get(k, "") for k in before[0]} for r in after[:len(before)]] == before
+    assert max(int(r["step"]) for r in after) > max(int(r["step"]) for r in before)
 
 
 def test_an_exception_before_the_first_iteration_writes_no_checkpoint(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -76,22 +77,32 @@ def wandb_log_job(*, job_type: str, group: str, name: str, tags: list[str], conf
 
 
 def adopt_csv_header(loggers) -> None:
-    """Let CSV loggers keep the columns already in their metrics.csv. Lightning's CSV writer rewrites
-    the file with only the keys its own process logged, which fails when another process wrote it
-    first: a resumed run, or the main process after spawned DDP ranks."""
+    """Let CSV loggers keep what their metrics.csv already holds: a resumed run, or the main process
+    after spawned DDP ranks, writes into a file another process started. Lightning's CSV writer
+    deletes an existing metrics.csv when it opens (it warns "Previous log files ... will be deleted"),
+    and later rewrites the file with only the columns its own process logged; so the rows are read
+    first, written back after the writer opened, and their columns adopted."""
     import csv
 
     for logger in loggers or []:
         if type(logger).__name__ != "CSVLogger":
             continue
-        writer = logger.experiment
-        path = getattr(writer, "metrics_file_path", None)
-        if not isinstance(path, str):  # ranks other than 0 get Lightning's no-op experiment
-            continue
-        path = Path(path)
+        path = Path(logger.log_dir) / "metrics.csv"
+        rows, header = [], []
         if path.is_file():
             with open(path, newline="") as f:
-                header = next(csv.reader(f), [])
+                reader = csv.DictReader(f)
+                rows, header = list(reader), list(reader.fieldnames or [])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
+            writer = logger.experiment  # opens the writer: this is where Lightning deletes the file
+        if not isinstance(getattr(writer, "metrics_file_path", None), str):
+            continue  # ranks other than 0 get Lightning's no-op experiment
+        if header:
+            with open(writer.metrics_file_path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=header)
+                out.writeheader()
+                out.writerows(rows)
             writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
 
 
@@ -111,9 +122,9 @@ def build_loggers(cfg: DictConfig):
             name, tags = run_identity(cfg)
             kwargs = {"name": sub.get("name") or name, "tags": list(sub.get("tags") or []) + tags}
         loggers.append(instantiate(sub, **kwargs))
+    adopt_csv_header(loggers)  # before anything opens the CSV writer
     for logger in loggers:  # the resolved config: W&B run config, CSV hparams.yaml
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    adopt_csv_header(loggers)
     return loggers or False
 
 
