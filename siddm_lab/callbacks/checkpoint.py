@@ -69,7 +69,26 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
         if not self._trained:
             log.info("no training iteration completed: no on_exception.ckpt (nothing to resume from)")
             return
+        self._settle_batch_counters(trainer)
         super().on_exception(trainer, pl_module, exception)
+
+    @staticmethod
+    def _settle_batch_counters(trainer) -> None:
+        """Record the last finished iteration in the batch counters. An exception inside an iteration leaves
+        that batch counted as started ("ready") but not completed; Lightning restores a checkpoint's counters
+        by resetting only the epoch's ones, so every later validation and periodic checkpoint of the resumed
+        run would come one iteration early. The weights saved are those after ``global_step`` iterations
+        (the batch in flight either stepped its optimizer or did not), and the counters are made to say so."""
+        loop = trainer.fit_loop.epoch_loop
+        progress = loop.batch_progress
+        done = progress.total.completed
+        stepped = trainer.global_step - done
+        if stepped not in (0, 1):
+            return
+        for tracker, base in ((progress.total, done), (progress.current, progress.current.completed)):
+            tracker.ready = tracker.started = tracker.processed = tracker.completed = base + stepped
+        if stepped:
+            loop._batches_that_stepped = trainer.global_step
 
     @staticmethod
     def _end_started_ranks(trainer) -> None:

@@ -23,7 +23,9 @@ from siddm_lab.utils.loggers import build_callbacks, build_loggers
 from siddm_lab.utils.run_files import write_resolved_config
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, init_model=None) -> dict:
+    """Train ``cfg``'s model (``init_model(model)`` sets a fresh run's initial weights; ``siddm-distill``
+    copies its teacher's), evaluate it and write its metrics."""
     validate(cfg)
     # Lightning warns (with a code snippet) that a manually optimised model's checkpoints hold the weights
     # after the step: that is what a resumed run needs, and every model steps that way.
@@ -36,6 +38,8 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule = instantiate(cfg.dataset)
     model = build_model(cfg, datamodule)
+    if init_model is not None and ckpt_path is None:
+        init_model(model)
     model.data_shape = tuple(datamodule.data_shape)
     model.sampler = instantiate(cfg.sampler)(diffusion=model.diffusion)  # periodic evaluation's sampler
     model.output_dir = out_dir

@@ -123,3 +123,46 @@ class ProgressiveDistillationLoss:
         w = snr_weight(diffusion, t, self.weighting).to(x0.dtype)
         err = (x0_student - target).pow(2).flatten(1).mean(1)
         return (w * err).mean()
+
+
+def halving_plans(teacher_timesteps, rounds: int) -> list[list[int]]:
+    """The teacher plan of each round of progressive distillation: round 0's is ``teacher_timesteps``
+    (decreasing, 2^rounds · N_final steps), each next one every other timestep of the previous (the
+    previous round's student plan). The students of the rounds take len/2 of their teacher's steps."""
+    ts = [int(t) for t in teacher_timesteps]
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"distill.rounds={rounds!r} is invalid: expected a positive integer (halvings)")
+    if len(ts) % (2 ** rounds):
+        allowed = [k for k in range(1, 11) if len(ts) % (2 ** k) == 0]
+        raise ConfigError(f"{rounds} halvings need a teacher plan of a multiple of 2^{rounds} = {2 ** rounds} steps; "
+                          f"the teacher's {len(ts)} steps allow rounds in {allowed or 'none (an odd step count)'}")
+    plans = [ts]
+    for _ in range(rounds - 1):
+        plans.append(plans[-1][::2])
+    return plans
+
+
+@torch.no_grad()
+def knowledge_pairs(teacher: PredictFn, sampler, n: int, shape, generator: torch.Generator,
+                    batch_size: int = 500, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_T, x0) of ``n`` teacher decodings: x_T ~ N(0, I) from ``generator`` (on CPU), x0 the deterministic
+    ``sampler``'s result (a ``DDIMSampler`` with η = 0: Luhman & Luhman's teacher map). Returned on CPU."""
+    if getattr(sampler, "eta", 0.0) != 0.0:
+        raise ConfigError("knowledge distillation needs a deterministic teacher map: a DDIM sampler with eta=0")
+    if n < 1:
+        raise ConfigError(f"distill.num_pairs must be >= 1, got {n}")
+    xs, x0s = [], []
+    for i in range(0, n, batch_size):
+        x_T = torch.randn((min(batch_size, n - i), *shape), generator=generator)
+        xs.append(x_T)
+        x0s.append(sampler.sample(teacher, x_T.to(device) if device is not None else x_T).cpu())
+    return torch.cat(xs), torch.cat(x0s)
+
+
+class KnowledgeDistillationLoss:
+    """Luhman & Luhman (2021): a student that maps x_T to x0 in one call regresses the teacher's decoding:
+    L = E || f_student(x_T, T−1) − D_teacher(x_T) ||² over cached pairs (the student predicts x0 at t = T−1)."""
+
+    def __call__(self, student: PredictFn, x_T: torch.Tensor, x0_teacher: torch.Tensor, T: int) -> torch.Tensor:
+        t = torch.full((x_T.shape[0],), T - 1, device=x_T.device, dtype=torch.long)
+        return (student(x_T, t)[0] - x0_teacher).pow(2).flatten(1).mean(1).mean()

@@ -305,6 +305,10 @@ class DiffusionModule(L.LightningModule):
         self._train_seconds_offset = float(checkpoint.get("siddm_train_seconds", 0.0))
 
     # ------------------------------------------------------------------ periodic evaluation
+    def history_extras(self) -> dict:
+        """What a periodic evaluation records besides its metrics (e.g. a distillation round)."""
+        return {}
+
     def on_validation_epoch_start(self) -> None:
         """Sample and score ``eval_num_samples`` with the evaluation sampler (after the EMA callback swapped
         the averaged weights in): logged as ``val/<metric>``, appended to ``history.jsonl``, plotted."""
@@ -328,7 +332,7 @@ class DiffusionModule(L.LightningModule):
                     continue
                 metrics = {k: v for k, v in r.items() if k not in ("seed", "dir", "num_samples", "png")}
                 append_history(r["dir"], {"iteration": int(self.global_step), "train_seconds": train_seconds,
-                                          "sample_seconds": sample_seconds, **metrics})
+                                          "sample_seconds": sample_seconds, **self.history_extras(), **metrics})
                 for logger in self.loggers:
                     if hasattr(logger, "log_image") and (r["seed"] is None or r["seed"] == self.member_seeds[0]):
                         logger.log_image(key="val/samples", images=[str(r["png"])], step=self.global_step)

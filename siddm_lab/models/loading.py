@@ -175,6 +175,7 @@ def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", m
             f"checkpoint {path} does not match the model its config builds ({cfg.model._target_}): "
             f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
         )
+    model.on_load_checkpoint(ckpt)  # the module's own entries (training time, a distillation's round)
     model.data_shape = tuple(ckpt.get("data_shape") or ())
     model.run_config = ckpt["siddm_config"]
     model.global_step_at_save = int(ckpt.get("global_step", 0))
