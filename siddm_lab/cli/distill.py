@@ -8,6 +8,8 @@ folder layout, resume (``ckpt_path=last``), loggers and final evaluation (the la
 
 from __future__ import annotations
 
+import warnings
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +46,8 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
 
 
 def distill(cfg: DictConfig) -> dict:
+    # the frozen teacher stays in eval mode (Lightning warns about any module in eval mode at the start)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     teacher, teacher_cfg = load_model(cfg.teacher, cfg.weights)
     if type(teacher).__name__ not in ("DDPM", "DDIM", "ProgressiveDistillation"):
         raise ConfigError(f"teacher={cfg.teacher} is a {type(teacher).__name__} checkpoint; distillation needs a "
