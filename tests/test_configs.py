@@ -178,16 +178,23 @@ def test_callback_options(option, tmp_path):
 
 
 def _entry(option: str) -> str:
-    """Experiments documented as siddm-sample sweeps compose with sample.yaml; the others with train.yaml."""
-    return "sample" if "siddm-sample -m" in (CONF_DIR / "experiment" / f"{option}.yaml").read_text() else "train"
+    """Experiments documented as siddm-sample / siddm-distill sweeps compose with sample.yaml / distill.yaml;
+    the others with train.yaml."""
+    text = (CONF_DIR / "experiment" / f"{option}.yaml").read_text()
+    return "sample" if "siddm-sample -m" in text else "distill" if "siddm-distill -m" in text else "train"
 
 
 @pytest.mark.parametrize("option", options("experiment"))
 def test_experiment_options_compose_and_validate(option):
-    if _entry(option) == "train":
+    entry = _entry(option)
+    if entry == "train":
         cfg = compose_cfg([f"experiment={option}"])
-    else:
+    elif entry == "sample":
         cfg = compose_sample([f"experiment={option}", "ckpt=x.ckpt"])
+    else:
+        from siddm_lab.config import compose
+
+        cfg = compose([f"experiment={option}", "teacher=x.ckpt"], "distill")
     validate(cfg)
     assert cfg.task_name == option
 

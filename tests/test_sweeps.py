@@ -30,6 +30,7 @@ SWEEPS = {
     "table_imagenet64": ("train", 2),
     "variance_5seeds": ("train", 3),
     "schedule_comparison": ("train", 12),
+    "noise_comparison": ("train", 6),
     "ddim_table1": ("sample", 25),
     "subsampling_table": ("sample", 5),
 }

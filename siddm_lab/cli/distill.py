@@ -33,11 +33,11 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
              "diffusion": OmegaConf.to_container(tm.diffusion), "teacher_prediction_type": tm.prediction_type,
              "clip_x0": teacher_sampler.get("clip_x0")}
     dataset = OmegaConf.to_container(teacher_cfg.dataset)
-    run.pop("batch_size"), run.pop("data_dir")  # applied to the dataset
+    run.pop("train_batch_size"), run.pop("data_dir")  # applied to the dataset
     if cfg.data_dir is not None and "reader" in dataset and "root" in dataset["reader"]:
         dataset["reader"]["root"] = str(cfg.data_dir)
-    if cfg.batch_size is not None:
-        dataset["batch_size"] = int(cfg.batch_size)
+    if cfg.train_batch_size is not None:
+        dataset["batch_size"] = int(cfg.train_batch_size)
     run.update(model=model, dataset=dataset, diffusion=OmegaConf.to_container(teacher_cfg.get("diffusion") or {}))
     if model["_target_"].endswith("ProgressiveDistillation"):
         run["trainer"]["max_steps"] = int(model["rounds"]) * int(model["steps_per_round"])
