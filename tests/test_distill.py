@@ -157,3 +157,18 @@ def test_the_command_reports_a_bad_teacher_in_one_line(tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: checkpoint" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_learning_rate_decays_to_zero_within_each_round():
+    from siddm_lab.models.distill import linear_decay_per_round
+
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = linear_decay_per_round(opt, steps_per_round=4)
+    lrs = []
+    for _ in range(9):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1.0, 0.75, 0.5, 0.25, 1.0, 0.75, 0.5, 0.25, 1.0]
+    # its state is plain numbers (a resumed run loads it with weights_only=True)
+    assert sched.state_dict()["lr_lambdas"] == [{"steps_per_round": 4}]

@@ -1,0 +1,64 @@
+"""Quality against NFE of every fast sampler of one teacher: the teacher's DDIM at each step count, the
+progressive-distilled students of every round, the one-step KD student and SIDDM, mean ± std over seeds.
+
+    python experiments/distill_toy/make_table.py --ddim runs/multirun/distill_toy_ddim \
+        --pd runs/multirun/distill_toy --kd runs/multirun/distill_toy_kd --siddm runs/multirun/distill_toy_siddm \
+        --out experiments/distill_toy
+
+A progressive run evaluates each round's student on its own plan at the round's end (history.jsonl: round,
+nfe, metrics); every other job's result is its metrics.json (siddm_lab.results.collect). Writes results.csv,
+table.md (one table per metric) and <metric>_vs_nfe.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from siddm_lab.results.jobs import collect, read_history
+from siddm_lab.results.plots import plot_vs_nfe
+from siddm_lab.results.tables import pivot
+
+METRICS = ("fd_2d", "modes_covered", "hq_ratio", "mmd_poly2")
+
+
+def rows_of(args) -> list[dict]:
+    rows: list[dict] = []
+    if args.ddim:
+        rows += [{**r, "method": "DDIM (teacher)"} for r in collect(args.ddim)[0]]
+    if args.pd:
+        for hist in sorted(Path(args.pd).rglob("history.jsonl")):
+            seed = hist.parent.name
+            rows += [{**r, "method": "progressive distillation", "job": seed} for r in read_history(hist.parent)]
+    if args.kd:
+        rows += [{**r, "method": "knowledge distillation (1 step)"} for r in collect(args.kd)[0]]
+    if args.siddm:
+        rows += [{**r, "method": "SIDDM"} for r in collect(args.siddm)[0]]
+    return [r for r in rows if "nfe" in r]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("ddim", "pd", "kd", "siddm"):
+        p.add_argument(f"--{name}", default=None, help=f"sweep folder of the {name} jobs")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = rows_of(args)
+    keys = ["method", "nfe", "seed", "job", *METRICS]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["method"], -float(r["nfe"]))))
+    text = []
+    for metric in METRICS:
+        text.append(f"### {metric}\n\n" + pivot(rows, "method", "nfe", metric))
+        plot_vs_nfe(rows, metric, "method", out / f"{metric}_vs_nfe.png", title=f"{metric} against NFE")
+    (out / "table.md").write_text("\n".join(text))
+    print((out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
