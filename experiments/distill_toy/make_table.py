@@ -2,7 +2,7 @@
 progressive-distilled students of every round, the one-step KD student and SIDDM, mean ± std over seeds.
 
     python experiments/distill_toy/make_table.py --ddim runs/multirun/distill_toy_ddim \
-        --pd runs/multirun/distill_toy --kd runs/multirun/distill_toy_kd --siddm runs/multirun/distill_toy_siddm \
+        --pd runs/multirun/distill_toy [more sweeps ...] --kd runs/multirun/distill_toy_kd --siddm runs/multirun/distill_toy_siddm \
         --out experiments/distill_toy
 
 A progressive run evaluates each round's student on its own plan at the round's end (history.jsonl: round,
@@ -25,23 +25,23 @@ METRICS = ("fd_2d", "modes_covered", "hq_ratio", "mmd_poly2")
 
 def rows_of(args) -> list[dict]:
     rows: list[dict] = []
-    if args.ddim:
-        rows += [{**r, "method": "DDIM (teacher)"} for r in collect(args.ddim)[0]]
-    if args.pd:
-        for hist in sorted(Path(args.pd).rglob("history.jsonl")):
-            seed = hist.parent.name
-            rows += [{**r, "method": "progressive distillation", "job": seed} for r in read_history(hist.parent)]
-    if args.kd:
-        rows += [{**r, "method": "knowledge distillation (1 step)"} for r in collect(args.kd)[0]]
-    if args.siddm:
-        rows += [{**r, "method": "SIDDM"} for r in collect(args.siddm)[0]]
+    for sweep in args.ddim:
+        rows += [{**r, "method": "DDIM (teacher)"} for r in collect(sweep)[0]]
+    for sweep in args.pd:
+        for hist in sorted(Path(sweep).rglob("history.jsonl")):
+            rows += [{**r, "method": "progressive distillation", "job": hist.parent.name}
+                     for r in read_history(hist.parent)]
+    for sweep in args.kd:
+        rows += [{**r, "method": "knowledge distillation (1 step)"} for r in collect(sweep)[0]]
+    for sweep in args.siddm:
+        rows += [{**r, "method": "SIDDM"} for r in collect(sweep)[0]]
     return [r for r in rows if "nfe" in r]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("ddim", "pd", "kd", "siddm"):
-        p.add_argument(f"--{name}", default=None, help=f"sweep folder of the {name} jobs")
+        p.add_argument(f"--{name}", nargs="+", default=[], help=f"sweep folder(s) of the {name} jobs")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = Path(args.out)
