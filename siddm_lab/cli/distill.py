@@ -24,9 +24,6 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
     """The student's run config: this config with the teacher's net, process and data in ``model``,
     ``diffusion`` and ``dataset``, and the final student's sampler."""
     tm = teacher_cfg.model
-    if not str(tm.get("_target_", "")).startswith("siddm_lab.models.") or "prediction_type" not in tm:
-        raise ConfigError(f"teacher={cfg.teacher} is a {tm.get('_target_')} checkpoint; distillation needs a "
-                          f"DDPM/DDIM denoiser (a diffusion GAN's generator chain is stochastic)")
     run = OmegaConf.to_container(cfg, resolve=False)  # interpolations (paths, periods) resolve in the run
     teacher_sampler = teacher_cfg.get("sampler") or {}
     model = {**run.pop("distill"), "net": OmegaConf.to_container(tm.net),
@@ -51,7 +48,7 @@ def distill(cfg: DictConfig) -> dict:
     teacher, teacher_cfg = load_model(cfg.teacher, cfg.weights)
     if type(teacher).__name__ not in ("DDPM", "DDIM", "ProgressiveDistillation"):
         raise ConfigError(f"teacher={cfg.teacher} is a {type(teacher).__name__} checkpoint; distillation needs a "
-                          f"DDPM/DDIM denoiser")
+                          f"DDPM/DDIM denoiser (a diffusion GAN's generator chain is stochastic)")
     run = student_config(cfg, teacher_cfg)
     run.teacher_train_step = teacher.global_step_at_save  # recorded in the run's config.yaml
     student = hydra.utils.instantiate(run.model)  # the final student's plan, before anything is written
