@@ -60,7 +60,21 @@ def eps_predictor(diffusion, model, clip_x0: float | None = None):
     return predict
 
 
-def read_wandb_offline_run(run_dir) -> dict:
+def read_wandb_offline_run(run_dir, settle_seconds: float = 20.0) -> dict:
+    """What an offline W&B run recorded (``_read_wandb_offline_run``). W&B's service process may still be
+    writing the file when ``wandb.finish()`` has returned in the job, so the file is read again (for up to
+    ``settle_seconds``) until it holds the run record."""
+    import time
+
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        rec = _read_wandb_offline_run(run_dir)
+        if rec["run"] is not None or time.monotonic() > deadline:
+            return rec
+        time.sleep(0.5)
+
+
+def _read_wandb_offline_run(run_dir) -> dict:
     """What an offline W&B run recorded (its ``run-*.wandb`` file, LevelDB-log framed protobuf
     records): the run's name/group/job_type/tags, config keys, history keys, summary keys and
     media files."""
