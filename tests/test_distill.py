@@ -45,7 +45,8 @@ def _history(out):
 def test_halving_plans_nest_and_refuse_a_count_that_does_not_halve():
     plans = halving_plans([15, 13, 11, 9, 7, 5, 3, 1], 3)
     assert plans == [[15, 13, 11, 9, 7, 5, 3, 1], [15, 11, 7, 3], [15, 7]]
-    with pytest.raises(ConfigError, match=r"multiple of 2\^3 = 8 steps; the teacher's 12 steps allow rounds in \[1, 2\]"):
+    allowed = r"multiple of 2\^3 = 8 steps; the teacher's 12 steps allow rounds in \[1, 2\]"
+    with pytest.raises(ConfigError, match=allowed):
         halving_plans(list(range(12, 0, -1)), 3)
     with pytest.raises(ConfigError, match="distill.rounds=0 is invalid"):
         halving_plans([2, 1], 0)

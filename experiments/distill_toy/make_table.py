@@ -2,7 +2,8 @@
 progressive-distilled students of every round, the one-step KD student and SIDDM, mean ± std over seeds.
 
     python experiments/distill_toy/make_table.py --ddim runs/multirun/distill_toy_ddim \
-        --pd runs/multirun/distill_toy [more sweeps ...] --kd runs/multirun/distill_toy_kd --siddm runs/multirun/distill_toy_siddm \
+        --pd runs/multirun/distill_toy [more sweeps ...] --kd runs/multirun/distill_toy_kd \
+        --siddm runs/multirun/distill_toy_siddm \
         --out experiments/distill_toy
 
 A progressive run evaluates each round's student on its own plan at the round's end (history.jsonl: round,

@@ -16,8 +16,12 @@ import torch
 from torch import nn
 
 from siddm_lab.diffusion import DDIMSampler
-from siddm_lab.diffusion.distillation import (KnowledgeDistillationLoss, ProgressiveDistillationLoss,
-                                              halving_plans, knowledge_pairs)
+from siddm_lab.diffusion.distillation import (
+    KnowledgeDistillationLoss,
+    ProgressiveDistillationLoss,
+    halving_plans,
+    knowledge_pairs,
+)
 from siddm_lab.diffusion.gamma import GammaDiffusion
 from siddm_lab.diffusion.subsequences import plan as make_plan
 from siddm_lab.errors import ConfigError
@@ -202,8 +206,9 @@ class KnowledgeDistillation(Distillation):
         return [self.diffusion.num_timesteps - 1]
 
     def pairs_settings(self) -> dict:
-        return {"num_pairs": self.num_pairs, "seed": self.pairs_seed, "teacher_timesteps": self.teacher_sampler.timesteps,
-                "clip_x0": self.clip_x0, "shape": list(self.data_shape)}
+        return {"num_pairs": self.num_pairs, "seed": self.pairs_seed,
+                "teacher_timesteps": self.teacher_sampler.timesteps, "clip_x0": self.clip_x0,
+                "shape": list(self.data_shape)}
 
     def on_fit_start(self) -> None:
         if self.pairs is None:
