@@ -28,6 +28,12 @@ def _exit_user_error(e: SiddmError) -> NoReturn:
     raise SystemExit(USER_ERROR_STATUS)
 
 
+def optimized_value(cfg, metrics: dict):
+    """What a job returns to Hydra (and to a sweeper that optimises): its ``optimized_metric``, if set."""
+    key = cfg.get("optimized_metric")
+    return metrics.get(key) if key else None
+
+
 def user_errors(fn):
     """Turn the framework's own errors (bad config, data, checkpoint, NaN loss) into a one-line
     message on stderr and exit status 2 instead of a traceback."""

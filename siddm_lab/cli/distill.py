@@ -13,7 +13,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from siddm_lab.cli.common import CONF_DIR, user_errors
+from siddm_lab.cli.common import CONF_DIR, optimized_value, user_errors
 from siddm_lab.cli.train import train
 from siddm_lab.errors import ConfigError
 from siddm_lab.models.distill import ProgressiveDistillation
@@ -64,9 +64,7 @@ def distill(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="distill")
 @user_errors
 def main(cfg: DictConfig):
-    metrics = distill(cfg)
-    key = cfg.get("optimized_metric")
-    return metrics.get(key) if key else None
+    return optimized_value(cfg, distill(cfg))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from siddm_lab.cli.common import CONF_DIR, user_errors
+from siddm_lab.cli.common import CONF_DIR, optimized_value, user_errors
 from siddm_lab.config import validate
 from siddm_lab.resume import resolve_ckpt_path
 from siddm_lab.training import build_model, build_trainer, finish, fit
@@ -56,9 +56,7 @@ def train(cfg: DictConfig, init_model=None) -> dict:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @user_errors
 def main(cfg: DictConfig):
-    metrics = train(cfg)
-    key = cfg.get("optimized_metric")
-    return metrics.get(key) if key else None
+    return optimized_value(cfg, train(cfg))
 
 
 if __name__ == "__main__":
