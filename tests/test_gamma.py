@@ -128,6 +128,13 @@ def test_train_and_sample_a_gamma_ddpm_and_refuse_it_for_siddm(tmp_path):
     info = run_sample([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "sampler=ddpm", "num_samples=64",
                        "batch_size=64"], tmp_path / "sample")
     assert info["nfe"] == model.diffusion.num_timesteps and math.isfinite(info["fd_2d"])
+    from siddm_lab.diffusion import GammaDDIMSampler
+
+    info = run_sample([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "sampler=gamma_ddim", "num_samples=64",
+                       "batch_size=64"], tmp_path / "sample_gamma_ddim")
+    plan = GammaDDIMSampler(model.diffusion, constraint="doubling").timesteps
+    assert info["sampler"] == "gamma_ddim" and info["nfe"] == len(plan) and math.isfinite(info["fd_2d"])
+    assert info["subsequence"] == "gamma_doubling" and info["constraint"] == "doubling"
 
 def test_a_diffusion_gan_with_gamma_noise_is_a_one_line_error(capsys):
     from hydra.utils import instantiate
@@ -140,3 +147,118 @@ def test_a_diffusion_gan_with_gamma_noise_is_a_one_line_error(capsys):
         user_errors(lambda: instantiate(cfg.model))()
     assert e.value.code == 2
     assert "noise=gamma: the diffusion GANs' objectives" in capsys.readouterr().err
+
+
+# --- the Gamma posterior sampler (sampler=gamma_ddim) and the report's Gamma-DDIM constraint -------------------
+
+def _one_step(process, sampler, x0: float, t: int, s: int, n: int, seed: int = 0) -> torch.Tensor:
+    """x_s from one sampler step t -> s with the exact x0, starting from x_t ~ q(x_t | x0)."""
+    x0s = torch.full((n, 1), x0, dtype=torch.float64)
+    tt = torch.full((n,), t)
+    torch.manual_seed(seed)
+    x_t = process.q_sample(x0s, tt, process.noise_like(x0s, tt))
+    g = torch.Generator().manual_seed(seed + 1)
+    return sampler.step(x_t, t, s, x0s, None, sampler.step_noise(x_t, t, s, g)).squeeze(1)
+
+
+@pytest.mark.parametrize("t,s", [(1, 0), (30, 3), (999, 30), (999, 0)])
+def test_the_gamma_posterior_step_keeps_the_gamma_marginal(gamma, t, s):
+    """One step t -> s from x_t ~ q(x_t | x0) with the true x0 lands on q(x_s | x0): mean sqrt(ᾱ_s) x0,
+    variance 1 − ᾱ_s and the Gamma skewness 2/sqrt(k̄_s), also across a skip of 969 timesteps, where
+    Nachmani et al.'s ancestral step (DDPM's moments, step noise of shape k_t) does not keep the skewness."""
+    from siddm_lab.diffusion import GammaDDIMSampler
+
+    n = 400_000
+    x = _one_step(gamma, GammaDDIMSampler(gamma), 0.7, t, s, n)
+    ab, k = float(gamma.alphas_cumprod[s]), float(gamma.gamma_k_cumsum[s])
+    mean, var = float(x.mean()), float(x.var())
+    skew = float(((x - mean) ** 3).mean()) / var**1.5
+    assert abs(mean - math.sqrt(ab) * 0.7) < 4 * math.sqrt((1 - ab) / n) + 1e-9
+    assert abs(var / (1 - ab) - 1) < 0.015
+    assert abs(skew - 2 / math.sqrt(k)) < 0.03 + 0.05 * 2 / math.sqrt(k)
+    if (t, s) == (999, 0):
+        anc = AncestralSampler(gamma)
+        x0s = torch.full((n, 1), 0.7, dtype=torch.float64)
+        tt = torch.full((n,), t)
+        torch.manual_seed(0)
+        x_t = gamma.q_sample(x0s, tt, gamma.noise_like(x0s, tt))
+        y = anc.step(x_t, t, s, x0s, None, gamma.step_noise(x_t, t)).squeeze(1)
+        skew_anc = float(((y - y.mean()) ** 3).mean()) / float(y.var()) ** 1.5
+        assert skew > 1.5 and abs(skew_anc) < 0.2
+
+
+def test_the_gamma_posterior_mean_is_the_ddpm_posterior_mean(gamma):
+    """With B at its mean k̄_s/k̄_t the step is DDPM's posterior mean μ̃(x_t, x0) exactly (hand algebra in
+    gamma.py's docstring), over a skip and over one step."""
+    from siddm_lab.diffusion import GammaDDIMSampler
+
+    sampler, anc = GammaDDIMSampler(gamma), AncestralSampler(gamma)
+    x0 = torch.linspace(-1, 1, 7, dtype=torch.float64)
+    for t, s in [(500, 499), (700, 200), (10, 0)]:
+        sd = float(1 - gamma.alphas_cumprod[t]) ** 0.5
+        x_t = float(gamma.alphas_cumprod[t]) ** 0.5 * x0 + sd * torch.linspace(-0.9, 2.0, 7, dtype=torch.float64)
+        a, b = sampler.shapes(t, s)
+        mean_step = sampler.step(x_t, t, s, x0, None, torch.full_like(x_t, a / (a + b)))
+        c_x0, c_xt, _ = anc.coefficients(t, s)
+        torch.testing.assert_close(mean_step, c_x0 * x0 + c_xt * x_t, rtol=1e-9, atol=1e-9)
+    assert torch.equal(sampler.step(x_t, 10, -1, x0, None, None), x0)
+    # an x_t below the noise's support given x0' (ḡ_t < 0) is clamped onto it: x_s at its support's minimum
+    ab_t, ab_s = float(gamma.alphas_cumprod[10]), float(gamma.alphas_cumprod[0])
+    low = math.sqrt(ab_t) * x0 - 5.0
+    x_s = sampler.step(low, 10, 0, x0, None, torch.full_like(x0, 0.5))
+    kb_s, th_s = float(gamma.gamma_k_cumsum[0]), math.sqrt(ab_s) * gamma.theta0
+    torch.testing.assert_close(x_s, math.sqrt(ab_s) * x0 - kb_s * th_s)
+
+
+def test_the_report_constraint_builds_halving_plans_and_refuses_what_it_cannot():
+    """constraint=doubling: the plan from T-1 halves k̄ at every step (k_{t+1} = Σ_{i≤t} k_i); it allows only
+    ~log2(k̄_{T-1}/k̄_0) steps (24 on linear T = 1000); more steps, an explicit plan that breaks the
+    constraint, Gaussian noise and unknown options are refused with the allowed values."""
+    from siddm_lab.diffusion import GammaDDIMSampler
+
+    process = GaussianDiffusion.from_schedule("linear", 1000, noise={"name": "gamma", "theta0": 0.001})
+    kbar = process.gamma_k_cumsum.double()
+    sampler = GammaDDIMSampler(process, constraint="doubling")
+    ts = sampler.timesteps
+    assert ts[0] == 999 and sampler.subsequence == "gamma_doubling" and sampler.nfe == len(ts) == 24
+    assert 2 ** (len(ts) - 1) <= float(kbar[-1] / kbar[0]) < 2 ** (len(ts) + 4)
+    for a, b in zip(ts, ts[1:]):
+        assert abs(float(kbar[a] / kbar[b]) / 2 - 1) <= 0.05
+    assert GammaDDIMSampler(process, constraint="doubling", steps=5).timesteps == ts[:5]
+    with pytest.raises(ConfigError, match=r"sampler.steps=30 is impossible .* allowed: 1..24"):
+        GammaDDIMSampler(process, constraint="doubling", steps=30)
+    with pytest.raises(ConfigError, match=r"breaks the Gamma-DDIM constraint .* at the step 999 -> 899: .* = 6.8"):
+        GammaDDIMSampler(process, constraint="doubling", subsequence={"name": "explicit", "timesteps": [999, 899]})
+    ok = GammaDDIMSampler(process, constraint="doubling", subsequence={"name": "explicit", "timesteps": ts[:3]})
+    assert ok.timesteps == ts[:3]
+    with pytest.raises(ConfigError, match="builds its own plan"):
+        GammaDDIMSampler(process, constraint="doubling", subsequence={"name": "quadratic"})
+    with pytest.raises(ConfigError, match="allowed: null, doubling"):
+        GammaDDIMSampler(process, constraint="halving")
+    with pytest.raises(ConfigError, match=r"constraint_rtol=0 is invalid"):
+        GammaDDIMSampler(process, constraint_rtol=0)
+    with pytest.raises(ConfigError, match="sampler=gamma_ddim samples Gamma noise"):
+        GammaDDIMSampler(GaussianDiffusion.from_schedule("linear", 100))
+    any_plan = GammaDDIMSampler(process, steps=10)  # constraint=null: the exact posterior on any plan
+    assert any_plan.nfe == 10 and any_plan.settings()["constraint"] is None
+
+
+def test_gamma_ddim_samples_the_gamma_toy_end_to_end():
+    """A full chain with an exact denoiser of a two-point dataset: the sampler from the Gamma prior lands on
+    the data, reproducibly with the generator."""
+    from siddm_lab.diffusion import GammaDDIMSampler
+
+    process = GaussianDiffusion.from_schedule("linear", 1000, noise={"name": "gamma", "theta0": 0.001})
+    sampler = GammaDDIMSampler(process, constraint="doubling")
+    ab = process.alphas_cumprod.double()
+
+    def predict(x_t, t):  # the exact posterior mean of x0 in {-1, +1} would need the Gamma density: use x0 = sign
+        x0 = torch.sign(x_t.double()).clamp(-1, 1)
+        x0[x0 == 0] = 1
+        a = ab[t].view(-1, 1)
+        return x0.to(x_t.dtype), ((x_t.double() - a.sqrt() * x0) / (1 - a).sqrt()).to(x_t.dtype)
+
+    x_T = process.prior_sample((256, 1), torch.Generator().manual_seed(0))
+    out1 = sampler.sample(predict, x_T, torch.Generator().manual_seed(1))
+    out2 = sampler.sample(predict, x_T, torch.Generator().manual_seed(1))
+    assert torch.equal(out1, out2) and set(out1.unique().tolist()) <= {-1.0, 1.0}

@@ -3,6 +3,7 @@ training objectives."""
 
 from siddm_lab.diffusion.continuous import CosineContinuousTime
 from siddm_lab.diffusion.fixed_point import DEQSampler, PicardSampler, anderson
+from siddm_lab.diffusion.gamma import GammaDDIMSampler, GammaDiffusion
 from siddm_lab.diffusion.gaussian import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, extract
 from siddm_lab.diffusion.inversion import Inversion, decode_backprop, ift_gradient
 from siddm_lab.diffusion.losses import (
@@ -44,6 +45,8 @@ __all__ = [
     "CosineContinuousTime",
     "DDGANLoss",
     "DDIMSampler",
+    "GammaDDIMSampler",
+    "GammaDiffusion",
     "DEQSampler",
     "PicardSampler",
     "anderson",

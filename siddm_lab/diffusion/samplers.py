@@ -106,6 +106,11 @@ class StepSampler:
     def step(self, x_t, t: int, s: int, x0, eps, noise=None):
         raise NotImplementedError
 
+    def step_noise(self, x_t: torch.Tensor, t: int, s: int, generator: torch.Generator | None = None):
+        """The random draw of a stochastic update t -> s (the process's step noise; a sampler whose update
+        draws something else overrides this)."""
+        return self.diffusion.step_noise(x_t, t, generator)
+
 
 class AncestralSampler(StepSampler):
     """DDPM ancestral sampling x_t -> x_s ~ N(μ̃(x_t, x0'), σ²) with s the next timestep.
@@ -242,7 +247,7 @@ def run_chain(
         x0, eps = predict(x, t_batch)
         noise = None
         if s >= 0 and sampler.stochastic:
-            noise = sampler.diffusion.step_noise(x, t, generator)
+            noise = sampler.step_noise(x, t, s, generator)
         x = sampler.step(x, t, s, x0, eps, noise)
     return x
 
@@ -366,7 +371,7 @@ class GeneratorChain:
         return sample_generator_chain(predict_x0, self.diffusion, x_T, rng, self.steps)
 
 
-SAMPLERS = {"ddpm": AncestralSampler, "ddim": DDIMSampler, "generator": GeneratorChain}  # + deq, picard
+SAMPLERS = {"ddpm": AncestralSampler, "ddim": DDIMSampler, "generator": GeneratorChain}  # + deq, picard, gamma_ddim
 
 
 def build_sampler(diffusion, name: str = "ddpm", **kwargs):
