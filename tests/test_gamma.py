@@ -83,6 +83,11 @@ def test_ancestral_sampling_draws_gamma_noise_and_deterministic_ddim_none():
     k0 = float(d.gamma_k[0])
     assert abs(float(z.mean())) < 0.01 and abs(float(z.var()) - 1) < 0.02
     assert abs(float((z**3).mean()) - 2 / math.sqrt(k0)) < 0.1 * 2 / math.sqrt(k0)
+    # over a skip t -> s the step noise has the shape the forward chain adds between them, k̄_t − k̄_s
+    z = d.step_noise(torch.zeros(200_000, 1), 6, torch.Generator().manual_seed(0), s=1).squeeze(1)
+    k_skip = float(d.gamma_k_cumsum[6] - d.gamma_k_cumsum[1])
+    assert abs(float((z**3).mean()) - 2 / math.sqrt(k_skip)) < 0.1 * 2 / math.sqrt(k_skip)
+    assert k_skip > 3 * float(d.gamma_k[6])  # not the single step's k_6
     sampler = AncestralSampler(d)
     x_T = d.prior_sample((20_000, 1), torch.Generator().manual_seed(1))
     x = sample_loop(predict, sampler, x_T, sampler.timesteps, generator=torch.Generator().manual_seed(2))
@@ -182,7 +187,7 @@ def test_the_gamma_posterior_step_keeps_the_gamma_marginal(gamma, t, s):
         tt = torch.full((n,), t)
         torch.manual_seed(0)
         x_t = gamma.q_sample(x0s, tt, gamma.noise_like(x0s, tt))
-        y = anc.step(x_t, t, s, x0s, None, gamma.step_noise(x_t, t)).squeeze(1)
+        y = anc.step(x_t, t, s, x0s, None, anc.step_noise(x_t, t, s)).squeeze(1)
         skew_anc = float(((y - y.mean()) ** 3).mean()) / float(y.var()) ** 1.5
         assert skew > 1.5 and abs(skew_anc) < 0.2
 

@@ -5,6 +5,7 @@ progressive-distilled students of every round, the one-step KD student and SIDDM
         --pd runs/multirun/distill_toy [more sweeps ...] --kd runs/multirun/distill_toy_kd \
         --siddm runs/multirun/distill_toy_siddm \
         --out experiments/distill_toy
+    python experiments/distill_toy/make_table.py ... --metrics fd_mnist_classifier --out experiments/distill_mnist
 
 A progressive run evaluates each round's student on its own plan at the round's end (history.jsonl: round,
 nfe, metrics); every other job's result is its metrics.json (siddm_lab.results.collect). Writes results.csv,
@@ -43,18 +44,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("ddim", "pd", "kd", "siddm"):
         p.add_argument(f"--{name}", nargs="+", default=[], help=f"sweep folder(s) of the {name} jobs")
+    p.add_argument("--metrics", nargs="+", default=list(METRICS), help="the metrics tabulated and plotted")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = rows_of(args)
-    keys = ["method", "nfe", "seed", "job", *METRICS]
+    keys = ["method", "nfe", "seed", "job", *args.metrics]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(sorted(rows, key=lambda r: (r["method"], -float(r["nfe"]))))
     text = []
-    for metric in METRICS:
+    for metric in args.metrics:
         text.append(f"### {metric}\n\n" + pivot(rows, "method", "nfe", metric))
         plot_vs_nfe(rows, metric, "method", out / f"{metric}_vs_nfe.png", title=f"{metric} against NFE")
     (out / "table.md").write_text("\n".join(text))

@@ -9,7 +9,8 @@ The noise has mean 0 and variance 1 − ᾱ_t, as the Gaussian's, and skewness 2
 regresses the standardised noise ε = (ḡ_t − k̄_t θ_t) / sqrt(1 − ᾱ_t) = (Γ(k̄_t, 1) − k̄_t) / sqrt(k̄_t), so
 every parameterisation (ε, x0, v) and ``to_x0_eps`` are the Gaussian process's. Ancestral sampling keeps
 DDPM's mean and variance and replaces the Gaussian z by centred unit-variance Gamma noise
-(Γ(k_t, 1) − k_t) / sqrt(k_t) of the step's shape k_t; x_T is centred unit-variance Gamma noise of shape k̄_{T-1}.
+(Γ(k, 1) − k) / sqrt(k) of the shape the forward chain adds over the step (k_t; k̄_t − k̄_s over a skip
+t -> s); x_T is centred unit-variance Gamma noise of shape k̄_{T-1}.
 
 Between two timesteps s < t the forward chain adds independent Gamma noise of the same scale,
 ḡ_t = (θ_t/θ_s) ḡ_s + Γ(k̄_t − k̄_s, θ_t), so the exact posterior is a Beta thinning (``GammaDDIMSampler``):
@@ -94,9 +95,12 @@ class GammaDiffusion(GaussianDiffusion):
         k = k.reshape(*t.shape, *((1,) * (x0.dim() - t.dim()))).expand(x0.shape)
         return self._draw(k, x0, rng)
 
-    def step_noise(self, x: torch.Tensor, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The reverse step's noise at timestep t: centred unit-variance Gamma of the step's shape k_t."""
-        k = self.gamma_k[t].expand(x.shape)
+    def step_noise(self, x: torch.Tensor, t: int, generator: torch.Generator | None = None,
+                   s: int | None = None) -> torch.Tensor:
+        """The reverse step's noise from timestep t to s: centred unit-variance Gamma of the shape the forward
+        chain adds between them, k̄_t − k̄_s (k_t for s = t−1 or s unknown)."""
+        skip = s is not None and 0 <= s < t - 1
+        k = (self.gamma_k_cumsum[t] - self.gamma_k_cumsum[s] if skip else self.gamma_k[t]).expand(x.shape)
         return centred_gamma(k, generator).to(x.device, x.dtype)
 
     def prior_sample(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:

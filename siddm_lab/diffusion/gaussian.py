@@ -89,8 +89,10 @@ class GaussianDiffusion(nn.Module):
         """The standardised forward noise ε of q(x_t | x0) (here N(0, I)), from ``rng`` (a RandomSource)."""
         return torch.randn_like(x0) if rng is None else rng.randn_like(x0)
 
-    def step_noise(self, x: torch.Tensor, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The noise z of a reverse step at timestep t (here N(0, I)), from ``generator`` on x's device."""
+    def step_noise(self, x: torch.Tensor, t: int, generator: torch.Generator | None = None,
+                   s: int | None = None) -> torch.Tensor:
+        """The noise z of a reverse step from timestep t (to s; here N(0, I) whatever s), from ``generator`` on
+        x's device."""
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     def prior_sample(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:

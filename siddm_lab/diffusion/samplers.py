@@ -109,7 +109,7 @@ class StepSampler:
     def step_noise(self, x_t: torch.Tensor, t: int, s: int, generator: torch.Generator | None = None):
         """The random draw of a stochastic update t -> s (the process's step noise; a sampler whose update
         draws something else overrides this)."""
-        return self.diffusion.step_noise(x_t, t, generator)
+        return self.diffusion.step_noise(x_t, t, generator, s=s)
 
 
 class AncestralSampler(StepSampler):
