@@ -181,7 +181,7 @@ def _entry(option: str) -> str:
     """Experiments documented as siddm-sample / siddm-distill sweeps compose with sample.yaml / distill.yaml;
     the others with train.yaml."""
     text = (CONF_DIR / "experiment" / f"{option}.yaml").read_text()
-    return "sample" if "siddm-sample -m" in text else "distill" if "siddm-distill -m" in text else "train"
+    return "sample" if "siddm-sample -m" in text else "distill" if "siddm-distill " in text else "train"
 
 
 @pytest.mark.parametrize("option", options("experiment"))
