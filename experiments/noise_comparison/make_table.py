@@ -8,7 +8,8 @@ sampler (its NFE), mean ± std over seeds of each metric.
 
 A training job's result is its final evaluation (metrics.json: the 1000-step ancestral sampler); a sampling
 job (siddm-sample -m ckpt=...) is tied to its model through the checkpoint's run folder, whose config.yaml
-names the noise. Writes results.csv, table.md (one table per metric) and <metric>_vs_nfe.png.
+names the noise. Writes results.csv, table.md (one table per metric), <metric>_vs_nfe.png and
+samples_seed0.png (each noise's 1000-step samples).
 """
 
 from __future__ import annotations
@@ -50,6 +51,31 @@ def rows_of(args) -> list[dict]:
     return rows
 
 
+def scatter(rows: list[dict], sweeps: list[str], path: Path) -> None:
+    """Seed 0's final samples (the 1000-step ancestral sampler) of each noise, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    firsts = {}
+    for sweep in sweeps:
+        for r in rows:
+            f = Path(sweep) / r["job"] / "samples.npz"
+            if str(r.get("seed")) == "0" and f.is_file():
+                firsts.setdefault(r["noise"], f)
+    fig, axes = plt.subplots(1, len(firsts), figsize=(3.2 * len(firsts), 3.3), dpi=100, squeeze=False)
+    for ax, (noise, f) in zip(axes[0], sorted(firsts.items())):
+        x = np.load(f)["samples"]
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4)
+        ax.set_title(f"{noise} (1000 NFE)", fontsize=9)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", nargs="+", required=True, help="training sweep folder(s) (experiment=noise_comparison)")
@@ -67,8 +93,11 @@ def main() -> None:
     text = []
     for metric in METRICS:
         text.append(f"### {metric}\n\n" + pivot(rows, "noise", "sampler_nfe", metric))
-        plot_vs_nfe(rows, metric, "noise", out / f"{metric}_vs_nfe.png", title=f"{metric}: Gamma vs Gaussian noise")
+        plot_vs_nfe([{**r, "series": f"{r['noise']}, {r['sampler']}"} for r in rows], metric, "series",
+                    out / f"{metric}_vs_nfe.png", title=f"{metric}: Gamma vs Gaussian noise (mean ± std over seeds)")
     (out / "table.md").write_text("\n".join(text))
+    scatter([r for r in rows if r["sampler"] == "ddpm" and int(float(r["nfe"])) == 1000], args.train,
+            out / "samples_seed0.png")
     print((out / "table.md").read_text())
 
 

@@ -68,8 +68,18 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
         return None
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
     for name in sorted(series, key=_sort_key):
-        pts = sorted(series[name])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{group}={name}" if group else None)
+        by_nfe = defaultdict(list)  # repeats of a cell (seeds): their mean ± std, and each as a faint dot
+        for nfe, v in series[name]:
+            by_nfe[nfe].append(v)
+        xs = sorted(by_nfe)
+        means = [sum(by_nfe[x]) / len(by_nfe[x]) for x in xs]
+        stds = [(sum((v - m) ** 2 for v in by_nfe[x]) / (len(by_nfe[x]) - 1)) ** 0.5 if len(by_nfe[x]) > 1 else 0.0
+                for x, m in zip(xs, means)]
+        line = ax.errorbar(xs, means, yerr=stds if any(stds) else None, fmt="o-", capsize=3,
+                           label=f"{group}={name}" if group else None)
+        if any(len(by_nfe[x]) > 1 for x in xs):
+            ax.scatter([nfe for nfe, _ in series[name]], [v for _, v in series[name]], s=8, alpha=0.35,
+                       color=line[0].get_color())
     ax.set_xscale("log")
     ax.set_xlabel("NFE (network evaluations)")
     ax.set_ylabel(metric)
