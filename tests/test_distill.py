@@ -58,8 +58,17 @@ def test_progressive_distillation_runs_every_round_and_hands_the_student_over(tm
     # one evaluation and one checkpoint per round, the students taking 4, 2, 1 steps of the trailing plan
     rows = _history(out)
     assert [(r["iteration"], r["round"], r["nfe"]) for r in rows] == [(4, 0, 4), (8, 1, 2), (12, 2, 1)]
-    assert {p.name for p in (out / "checkpoints").glob("step_*.ckpt")} >= {"step_0000012.ckpt"}
+    assert {p.name for p in (out / "checkpoints").glob("step_*.ckpt")} == {
+        "step_0000004.ckpt", "step_0000008.ckpt", "step_0000012.ckpt"}
     assert metrics["global_step"] == 12 and metrics["nfe"] == 1 and metrics["subsequence"] == "explicit"
+    # every round's checkpoint samples its own student's plan with sampler=student
+    from tests.test_sample import run_sample
+
+    for step, nfe in [(4, 4), (8, 2), (12, 1)]:
+        info = run_sample([f"ckpt={out / 'checkpoints' / f'step_{step:07d}.ckpt'}", "sampler=student",
+                           "num_samples=16", "batch_size=16"], tmp_path / f"sample_{step}")
+        assert info["nfe"] == nfe and info["sampler"] == "ddim" and info["eta"] == 0.0
+
     # the student checkpoint samples on its own (no teacher file needed) with the last student's plan
     model, run_cfg = load_model(out / "checkpoints" / "last.ckpt")
     assert type(model).__name__ == "ProgressiveDistillation" and model.round == 2
@@ -67,6 +76,10 @@ def test_progressive_distillation_runs_every_round_and_hands_the_student_over(tm
     assert model.teacher_output_type() == "v" and model.teacher_prediction_type == "eps"
     # the last hand-over copied the round-1 student into the teacher: it differs from the original teacher
     original, _ = load_model(teacher)
+    from siddm_lab.models.distill import student_sampler
+
+    with pytest.raises(ConfigError, match="sampler=student samples a siddm-distill checkpoint .* this is a DDPM"):
+        student_sampler(original.diffusion, model=original)
     t_now = torch.cat([p.flatten() for p in model.teacher.parameters()])
     t_orig = torch.cat([p.flatten() for p in original.net.parameters()])
     assert not torch.equal(t_now, t_orig)

@@ -26,6 +26,7 @@ from siddm_lab.diffusion import DDIMSampler, Inversion, ddim_invert, slerp
 from siddm_lab.errors import ConfigError
 from siddm_lab.evaluation import draw, evaluate
 from siddm_lab.models import SIDDM
+from siddm_lab.models.distill import Distillation
 from siddm_lab.models.loading import load_model
 from siddm_lab.utils.loggers import run_identity, wandb_log_job
 from siddm_lab.utils.measure import Measure
@@ -33,6 +34,7 @@ from siddm_lab.utils.run_files import write_json, write_resolved_config
 
 MODES = ("sample", "interpolate", "reconstruct", "invert")
 GENERATOR_TARGET = "siddm_lab.diffusion.GeneratorChain"
+STUDENT_TARGET = "siddm_lab.models.distill.student_sampler"
 
 
 def _device(name: str) -> torch.device:
@@ -69,7 +71,15 @@ def sample(cfg: DictConfig) -> dict:
     if cfg.mode != "sample" and isinstance(model, SIDDM):
         raise ConfigError(f"mode={cfg.mode} needs a deterministic decoder (a DDPM/DDIM checkpoint with sampler=ddim "
                           f"sampler.eta=0); a diffusion GAN's generator draws a latent at every step: use mode=sample")
-    sampler = instantiate(cfg.sampler)(diffusion=model.diffusion)
+    if cfg.sampler.get("_target_") == STUDENT_TARGET:
+        sampler = instantiate(cfg.sampler)(diffusion=model.diffusion, model=model)
+    else:
+        sampler = instantiate(cfg.sampler)(diffusion=model.diffusion)
+        own = model.student_plan() if isinstance(model, Distillation) else None
+        if own is not None and list(getattr(sampler, "timesteps", [])) != list(own):
+            log.warning(f"this checkpoint is a distilled student trained for its {len(own)}-step plan {own}; it is "
+                        f"sampled with {sampler.name} (NFE {sampler.nfe}) as asked: sampler=student samples its "
+                        f"own plan")
     dm = _datamodule(run_cfg, cfg.data_dir)
     info = {"ckpt": str(cfg.ckpt), "model": type(model).__name__, "T": model.diffusion.num_timesteps,
             **sampler.settings(), "seed": int(cfg.seed), "weights": cfg.weights, "member": cfg.get("member"),

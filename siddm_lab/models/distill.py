@@ -46,6 +46,17 @@ def linear_decay_per_round(optimizer, steps_per_round: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _PerRoundLinearDecay(steps_per_round))
 
 
+def student_sampler(diffusion, model=None):
+    """``sampler=student``: a siddm-distill checkpoint's own plan (``model.default_sampler()``: the DDIM plan of
+    the round the checkpoint was saved in, or the KD student's one step). ``siddm-sample`` passes the loaded
+    model; anything else is refused."""
+    if not isinstance(model, Distillation):
+        name = type(model).__name__ if model is not None else "run without a distilled checkpoint"
+        raise ConfigError(f"sampler=student samples a siddm-distill checkpoint with its own plan (siddm-sample); "
+                          f"this is a {name}: choose a sampler (ddim, ddpm, ...)")
+    return model.default_sampler()
+
+
 class Distillation(DDPM):
     """A student denoiser ``net`` (its output read as ``prediction_type``) and a frozen ``teacher`` of the same
     architecture (read as ``teacher_prediction_type``); both start from the teacher checkpoint's weights
