@@ -240,12 +240,19 @@ def test_subsampling_rows(row, name, steps):
 
 @pytest.mark.parametrize("option", options("sampler"))
 def test_sampler_options(option):
-    """Every sampler option instantiates to a sampler object bound to a process."""
+    """Every sampler option instantiates to a sampler object bound to a process (gamma_ddim: a Gamma-noise
+    process; student: only with a distilled model, which siddm-sample passes, and refused without)."""
     from siddm_lab.diffusion import GaussianDiffusion
+    from siddm_lab.errors import ConfigError
 
     cfg = compose_sample([f"sampler={option}", "ckpt=x.ckpt"])
     validate(cfg)
-    d = GaussianDiffusion.from_schedule("linear", 100)
+    noise = {"name": "gamma", "theta0": 0.01} if option == "gamma_ddim" else None
+    d = GaussianDiffusion.from_schedule("linear", 100, noise=noise)
+    if option == "student":
+        with pytest.raises(ConfigError, match="sampler=student samples a siddm-distill checkpoint"):
+            instantiate(cfg.sampler)(diffusion=d)
+        return
     sampler = instantiate(cfg.sampler)(diffusion=d)
     assert sampler.nfe >= 1 and sampler.settings()["sampler"] == sampler.name
 
