@@ -116,6 +116,9 @@ def test_knowledge_distillation_caches_the_teacher_pairs_and_learns_a_one_step_s
     with torch.no_grad():
         x0 = sampler.sample(model.predict_x0_eps, pairs["x_T"][:16])
     torch.testing.assert_close(pairs["x0"][:16], x0, rtol=1e-5, atol=1e-5)
+    # the evaluation's noise (seed 0, as pairs_seed) is not the pairs' x_T: the student is scored on fresh inputs
+    x_eval = model.diffusion.prior_sample((256, 2), torch.Generator().manual_seed(0))
+    assert torch.cdist(x_eval, pairs["x_T"]).min() > 1e-4
     assert metrics["nfe"] == 1
     rows = _history(out)
     assert len(rows) == 2 and rows[0]["nfe"] == 1

@@ -142,6 +142,19 @@ def halving_plans(teacher_timesteps, rounds: int) -> list[list[int]]:
     return plans
 
 
+PAIRS_STREAM = 0x4B44  # the pairs' noise has its own stream: an evaluation seed never redraws training inputs
+
+
+def pairs_generator(seed: int) -> torch.Generator:
+    """The CPU generator of the knowledge-distillation pairs' x_T for ``distill.pairs_seed``: seeded through
+    ``numpy.random.SeedSequence([seed, PAIRS_STREAM])``, so that sampling the student with any evaluation seed
+    (``torch.Generator().manual_seed(s)``) draws fresh noise, not the x_T it was trained on."""
+    import numpy as np
+
+    state = int(np.random.SeedSequence([int(seed), PAIRS_STREAM]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(state)
+
+
 @torch.no_grad()
 def knowledge_pairs(teacher: PredictFn, sampler, n: int, shape, generator: torch.Generator,
                     batch_size: int = 500, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,10 +17,12 @@ from torch import nn
 
 from siddm_lab.diffusion import DDIMSampler
 from siddm_lab.diffusion.distillation import (
+    PAIRS_STREAM,
     KnowledgeDistillationLoss,
     ProgressiveDistillationLoss,
     halving_plans,
     knowledge_pairs,
+    pairs_generator,
 )
 from siddm_lab.diffusion.gamma import GammaDiffusion
 from siddm_lab.diffusion.subsequences import plan as make_plan
@@ -217,7 +219,7 @@ class KnowledgeDistillation(Distillation):
         return [self.diffusion.num_timesteps - 1]
 
     def pairs_settings(self) -> dict:
-        return {"num_pairs": self.num_pairs, "seed": self.pairs_seed,
+        return {"num_pairs": self.num_pairs, "seed": self.pairs_seed, "noise_stream": PAIRS_STREAM,
                 "teacher_timesteps": self.teacher_sampler.timesteps, "clip_x0": self.clip_x0,
                 "shape": list(self.data_shape)}
 
@@ -237,7 +239,7 @@ class KnowledgeDistillation(Distillation):
             return stored["x_T"], stored["x0"]
         log.info("knowledge distillation: decoding %d teacher pairs (DDIM, %d steps)", self.num_pairs,
                  self.teacher_sampler.nfe)
-        g = torch.Generator().manual_seed(self.pairs_seed)
+        g = pairs_generator(self.pairs_seed)
         pairs = knowledge_pairs(self.teacher_predict, self.teacher_sampler, self.num_pairs, self.data_shape, g,
                                 self.pairs_batch_size, device=self.device)
         if path is not None and self.trainer.is_global_zero:
