@@ -72,9 +72,8 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
         for nfe, v in series[name]:
             by_nfe[nfe].append(v)
         xs = sorted(by_nfe)
-        means = [sum(by_nfe[x]) / len(by_nfe[x]) for x in xs]
-        stds = [(sum((v - m) ** 2 for v in by_nfe[x]) / (len(by_nfe[x]) - 1)) ** 0.5 if len(by_nfe[x]) > 1 else 0.0
-                for x, m in zip(xs, means)]
+        means = [_mean(by_nfe[x]) for x in xs]
+        stds = [_std(by_nfe[x]) for x in xs]
         line = ax.errorbar(xs, means, yerr=stds if any(stds) else None, fmt="o-", capsize=3,
                            label=f"{group}={name}" if group else None)
         if any(len(by_nfe[x]) > 1 for x in xs):
