@@ -69,8 +69,13 @@ def test_inversion_lowers_the_loss(method):
     with torch.no_grad():
         target = decode_backprop(predict, deq, torch.randn(32, 2, generator=g))
     x_T = torch.randn(32, 2, generator=g)
-    r = Inversion(method, iters=60, lr=0.05).run(predict, deq, target, x_T)
+    calls = []
+    r = Inversion(method, iters=60, lr=0.05).run(predict, deq, target, x_T, on_step=lambda *a: calls.append(a))
     assert r["curve"][-1] < 0.2 * r["curve"][0]
+    assert [c[0] for c in calls] == list(range(1, 61)) and [c[1] for c in calls] == r["curve"]
+    lowest = [c[2] for c in calls]  # the mean of the per-image best so far never rises and ends at min_loss
+    assert all(b <= a + 1e-7 for a, b in zip(lowest, lowest[1:]))
+    assert lowest[-1] == pytest.approx(float(r["min_loss"].mean()))
     assert float(r["min_loss"].mean()) <= min(r["curve"]) + 1e-6
     final = (Inversion(method).decode(predict, deq, r["x_T"]) - target).pow(2).mean(1)
     torch.testing.assert_close(final, r["min_loss"], rtol=0.05, atol=1e-3)  # the reported x_T is the best one

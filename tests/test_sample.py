@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -278,9 +280,11 @@ def test_fixed_point_samplers_refuse_a_diffusion_gan(gan_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["backprop", "phantom", "ift"])
-def test_invert_a_ddpm_checkpoint(toy_ckpt, tmp_path, method):
+def test_invert_a_ddpm_checkpoint(toy_ckpt, tmp_path, method, caplog):
     """mode=invert: the loss falls from its start, the best x_T decodes (sequentially) to about the reported
-    loss, and the accounting (time, NFE, fixed-point iterations, peak memory) is in metrics.json."""
+    loss, the accounting (time, NFE, fixed-point iterations, peak memory) is in metrics.json, and the log
+    reports progress every tenth of the Adam steps."""
+    caplog.set_level(logging.INFO, logger="siddm_lab")
     info = run_sample([f"ckpt={toy_ckpt}", "mode=invert", "sampler=deq", "sampler.steps=10", "sampler.tol=1e-5",
                        "invert.num=12", "invert.iters=25", "invert.lr=0.05", f"invert.method={method}"], tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -294,6 +298,11 @@ def test_invert_a_ddpm_checkpoint(toy_ckpt, tmp_path, method):
         assert saved["fixed_point_iterations_mean"] >= 1
     assert "peak_memory_mb" in saved and (tmp_path / "inversion.png").is_file()
     assert info["min_loss"] == saved["min_loss"]
+    steps = [int(m) for m in re.findall(r"invert images 1-12 of 12: Adam step (\d+)/25, loss", caplog.text)]
+    assert steps == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25]
+    last = re.search(r"Adam step 25/25, loss ([0-9.e+-]+), lowest per image so far ([0-9.e+-]+)", caplog.text)
+    assert float(last[1]) == pytest.approx(saved["loss_curve"][-1], rel=1e-3)
+    assert float(last[2]) == pytest.approx(saved["min_loss"], rel=1e-3)
 
 
 def test_invert_refuses_stochastic_decoders_and_bad_settings(toy_ckpt, tmp_path):

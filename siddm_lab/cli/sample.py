@@ -179,9 +179,16 @@ def invert(model, sampler, dm, cfg, out_dir: Path, title: str) -> dict:
     model.requires_grad_(False)  # gradients for x_T only
     bs = int(c.batch_size or n)
     results, fp_iters = [], []
+    every = max(1, inv.iters // 10)
+
+    def report(step: int, loss: float, best_so_far: float) -> None:  # about ten log lines per batch
+        if step % every == 0 or step == inv.iters:
+            log.info(f"invert images {i + 1}-{min(i + bs, n)} of {n}: Adam step {step}/{inv.iters}, loss {loss:.4g}, "
+                     f"lowest per image so far {best_so_far:.4g}")
+
     with Measure(model.device) as m:
         for i in range(0, n, bs):
-            results.append(inv.run(predict, sampler, target[i:i + bs], x_T[i:i + bs]))
+            results.append(inv.run(predict, sampler, target[i:i + bs], x_T[i:i + bs], on_step=report))
             fp_iters += results[-1]["fixed_point_iterations"]
     best = torch.cat([r["x_T"] for r in results])
     min_loss = torch.cat([r["min_loss"] for r in results]).cpu()

@@ -23,6 +23,7 @@ reached and its x_T, the loss curve, the wall time and the network evaluations.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -99,10 +100,13 @@ class Inversion:
         with torch.no_grad():
             return decode_backprop(predict, sampler, x_T)
 
-    def run(self, predict: PredictFn, sampler: DDIMSampler, target: torch.Tensor, x_T: torch.Tensor) -> dict:
+    def run(self, predict: PredictFn, sampler: DDIMSampler, target: torch.Tensor, x_T: torch.Tensor,
+            on_step: Callable[[int, float, float], None] | None = None) -> dict:
         """Invert ``target`` [B, ...] starting from ``x_T`` [B, ...]. Returns {"x_T": best x_T per image,
         "min_loss": [B] lowest loss per image, "curve": mean loss per Adam step, "nfe": network evaluations
-        per image (forward; backward passes not counted), "fixed_point_iterations": per step (DEQ)}."""
+        per image (forward; backward passes not counted), "fixed_point_iterations": per step (DEQ)}.
+        ``on_step(step, mean loss, mean of the lowest loss per image so far)`` is called after every Adam step
+        (step counts from 1), e.g. to report progress of a long inversion."""
         if isinstance(sampler, DDIMSampler) and sampler.stochastic:
             raise ConfigError("model inversion decodes with deterministic DDIM: use sampler=ddim sampler.eta=0 or "
                               "sampler=deq")
@@ -150,5 +154,7 @@ class Inversion:
             curve.append(float(loss.mean()))
             if not torch.isfinite(loss).all():
                 raise FloatingPointError(f"model inversion diverged (loss {curve[-1]}); lower invert.lr")
+            if on_step is not None:
+                on_step(len(curve), curve[-1], float(best.mean()))
             opt.step()
         return {"x_T": best_z, "min_loss": best, "curve": curve, "nfe": nfe, "fixed_point_iterations": fp_iters}
