@@ -285,3 +285,22 @@ def test_rows_of_several_keys_are_their_combinations(tmp_path):
     assert "| backprop, 10 | 10 | 0.4 |" in lines and "| phantom, 100 | 100 | 0.1 |" in lines
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--rows", "invert.method,sampler.stepz", "--metric", "min_loss"])
+
+
+def test_logy_puts_the_metric_on_a_log_axis(tmp_path, monkeypatch):
+    """--logy: the metric-vs-NFE plot has a log metric axis (a linear one without it); a value <= 0, which a log
+    axis cannot show, is refused by name instead of being dropped from the plot."""
+    import matplotlib.figure
+
+    for i, (steps, fd) in enumerate([(10, 250.0), (100, 6.0)]):
+        _job(tmp_path, str(i), [f"sampler.steps={steps}", "sampler.eta=0.0", "seed=0"], {"nfe": steps, "fd": fd})
+    scales = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (scales.append(fig.axes[0].get_yscale()), save(fig, *a, **k)))
+    assert main([str(tmp_path), "--rows", "sampler.eta", "--metric", "fd", "--logy"]) == 0
+    assert main([str(tmp_path), "--rows", "sampler.eta", "--metric", "fd"]) == 0
+    assert scales == ["log", "linear"]
+    _job(tmp_path, "2", ["sampler.steps=20", "sampler.eta=0.0", "seed=0"], {"nfe": 20, "fd": 0.0})
+    with pytest.raises(SystemExit, match=r"error: a log axis needs fd > 0; the jobs have 0.0: plot without --logy"):
+        main([str(tmp_path), "--rows", "sampler.eta", "--metric", "fd", "--logy"])

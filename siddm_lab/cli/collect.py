@@ -39,6 +39,8 @@ def main(argv=None):
                     "--rows (x --cols) value")
     ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot and the curves "
                     "(default: --rows)")
+    ap.add_argument("--logy", action="store_true", help="log scale for the metric in the metric-vs-NFE plot (rows "
+                    "that span decades); every value must be > 0")
     ap.add_argument("--curves", help="metrics (comma-separated) to draw against iterations and training seconds "
                     "from each model's history.jsonl (time-to-quality), e.g. hq_ratio,modes_covered")
     ap.add_argument("--baseline", help="a --rows value to compare every row with: sampling speed-up and whether "
@@ -52,7 +54,7 @@ def main(argv=None):
         report = write_report(args.sweep_dir, args.out, row_key=args.rows, col_key=args.cols,
                               metrics=_names(args.metric) if args.metric else None, group=args.group,
                               paper=args.paper, baseline=args.baseline, bars=args.bars, scatter=args.scatter,
-                              curves=_names(args.curves))
+                              curves=_names(args.curves), log_y=args.logy)
     except SiddmError as e:  # status 1 and the message, without a traceback
         raise SystemExit(f"error: {e}") from None
     if args.wandb:

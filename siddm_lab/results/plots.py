@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from siddm_lab.errors import DataError
 from siddm_lab.results.jobs import _is_number, _num, read_history
 from siddm_lab.results.tables import _lookup, _mean, _sort_key, _std
 
@@ -54,7 +55,10 @@ def plot_curves(rows: list[dict], sweep_dir: Path, metric: str, group: str | Non
     return path
 
 
-def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, title: str = "") -> Path | None:
+def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, title: str = "",
+                log_y: bool = False) -> Path | None:
+    """``metric`` against NFE (log x), one line per ``group`` value; ``log_y`` puts the metric on a log axis too
+    (rows that span decades, e.g. DDIM's σ̂ row beside the others); it needs every value > 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,6 +70,10 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
             series[str(r.get(group, "")) if group else ""].append((float(r["nfe"]), float(r[metric])))
     if not series:
         return None
+    bad = sorted({v for pts in series.values() for _, v in pts if not v > 0})
+    if log_y and bad:
+        raise DataError(f"a log axis needs {metric} > 0; the jobs have {', '.join(map(str, bad))}: plot without "
+                        f"--logy")
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
     for name in sorted(series, key=_sort_key):
         by_nfe = defaultdict(list)  # repeats of a cell (seeds): their mean ± std, and each as a faint dot
@@ -80,6 +88,8 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
             ax.scatter([nfe for nfe, _ in series[name]], [v for _, v in series[name]], s=8, alpha=0.35,
                        color=line[0].get_color())
     ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xlabel("NFE (network evaluations)")
     ax.set_ylabel(metric)
     if title:

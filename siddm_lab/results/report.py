@@ -29,11 +29,13 @@ class SweepReport:
 
 def write_report(sweep_dir, out=None, *, row_key: str | None = None, col_key: str | None = None,
                  metrics: list[str] | None = None, group: str | None = None, paper=None, baseline: str | None = None,
-                 bars: bool = False, scatter: bool = False, curves: list[str] = ()) -> SweepReport:
+                 bars: bool = False, scatter: bool = False, curves: list[str] = (),
+                 log_y: bool = False) -> SweepReport:
     """Tabulate and plot the jobs of ``sweep_dir`` into ``out`` (default: the sweep folder); the problems
     (incomplete or malformed jobs) are printed as warnings, the table to stdout. ``metrics``: the table's
     metrics (default fd_2d; named ones must exist); ``group``: one line per value in the plots (default
-    ``row_key`` for the curves); ``paper``: a YAML file of published numbers (``load_paper``).
+    ``row_key`` for the curves); ``paper``: a YAML file of published numbers (``load_paper``); ``log_y``: the
+    metric-vs-NFE plot on a log metric axis.
     A ``ConfigError`` names a key, metric or baseline that the jobs lack, a ``DataError`` a sweep without
     usable jobs."""
     given, sweep_dir = sweep_dir, Path(sweep_dir)
@@ -81,7 +83,7 @@ def write_report(sweep_dir, out=None, *, row_key: str | None = None, col_key: st
         (out / "table.md").write_text(f"{head}\n\n{table}{notes}\n")
         print(table + notes)
         report.written.append(out / "table.md")
-    png = plot_vs_nfe(rows, metrics[0], group, out / f"{metrics[0]}_vs_nfe.png")
+    png = plot_vs_nfe(rows, metrics[0], group, out / f"{metrics[0]}_vs_nfe.png", log_y=log_y)
     if png:
         report.written.append(png)
     if bars and row_key:
