@@ -70,8 +70,8 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
             series[str(r.get(group, "")) if group else ""].append((float(r["nfe"]), float(r[metric])))
     if not series:
         return None
-    bad = sorted({v for pts in series.values() for _, v in pts if not v > 0})
-    if log_y and bad:
+    bad = sorted({v for pts in series.values() for _, v in pts if not v > 0}) if log_y else []
+    if bad:
         raise DataError(f"a log axis needs {metric} > 0; the jobs have {', '.join(map(str, bad))}: plot without "
                         f"--logy")
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
