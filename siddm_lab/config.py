@@ -45,6 +45,7 @@ def _eta_ok(v) -> bool:
 Rule = tuple[str, Callable[[Any], bool], str]
 RULES: list[Rule] = [
     ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    ("threads", lambda v: v == "auto" or (_is_int(v) and v >= 1), "'auto' or a positive integer (torch CPU threads)"),
     ("diffusion.steps", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("schedule.name", lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     ("schedule.beta_start", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),

@@ -144,3 +144,18 @@ def test_unet_hyper_parameters_that_work_are_accepted():
     for kw in ({"ch": 8, "channel_mult": (1, 2)}, {"num_res_blocks": 0}, {"heads": 2}, {"attn_resolutions": None}):
         net = UNet(**{"image_size": 8, "ch": 32, "channel_mult": (1, 2), "attn_resolutions": (4,), **kw})
         assert net(x, torch.tensor([1, 2])).shape == x.shape
+
+
+def test_norm_groups_lets_narrow_nets_build_and_sets_every_group_norm():
+    """ch 16 with mult (1, 2, 2) concatenates 48-channel blocks, which 32 groups do not divide; 8 do."""
+    with pytest.raises(ConfigError, match="or a smaller net.norm_groups"):
+        UNet(ch=16, channel_mult=(1, 2, 2), attn_resolutions=(8,))
+    net = UNet(ch=16, channel_mult=(1, 2, 2), attn_resolutions=(8,), norm_groups=8, cond_dim=4)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == min(8, m.num_channels) for m in norms)
+    x = torch.randn(2, 1, 32, 32)
+    assert net(x, torch.tensor([0, 3]), torch.randn(2, 4)).shape == x.shape
+    d = ConvDiscriminator(ch=16, norm_groups=8, aux_head=True)
+    assert all(m.num_groups == min(8, m.num_channels) for m in d.modules() if isinstance(m, torch.nn.GroupNorm))
+    with pytest.raises(ConfigError, match="net.norm_groups=0 is invalid"):
+        UNet(norm_groups=0)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from siddm_lab.cli.common import CONF_DIR, log, user_errors
 from siddm_lab.config import validate
+from siddm_lab.utils.threads import apply_threads
 from siddm_lab.diffusion import DDIMSampler, Inversion, ddim_invert, slerp
 from siddm_lab.errors import ConfigError
 from siddm_lab.evaluation import draw, evaluate
@@ -56,6 +57,7 @@ def _datamodule(run_cfg: DictConfig, data_dir):
 
 def sample(cfg: DictConfig) -> dict:
     validate(cfg)
+    apply_threads(cfg.get("threads", "auto"))
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is unknown; allowed: {', '.join(MODES)}")
     out_dir = Path(cfg.paths.output_dir)

@@ -21,12 +21,14 @@ from siddm_lab.resume import resolve_ckpt_path
 from siddm_lab.training import build_model, build_trainer, finish, fit
 from siddm_lab.utils.loggers import build_callbacks, build_loggers
 from siddm_lab.utils.run_files import write_resolved_config
+from siddm_lab.utils.threads import apply_threads, local_processes
 
 
 def train(cfg: DictConfig, init_model=None) -> dict:
     """Train ``cfg``'s model (``init_model(model)`` sets a fresh run's initial weights; ``siddm-distill``
     copies its teacher's), evaluate it and write its metrics."""
     validate(cfg)
+    apply_threads(cfg.get("threads", "auto"), local_processes(cfg.get("trainer")))
     # Lightning warns (with a code snippet) that a manually optimised model's checkpoints hold the weights
     # after the step: that is what a resumed run needs, and every model steps that way.
     warnings.filterwarnings("ignore", message=".*Using ModelCheckpoint with manual optimization.*")

@@ -42,12 +42,13 @@ def check_int_list(key: str, v, minimum: int = 1, non_empty: bool = False) -> li
     return list(v)
 
 
-def check_group_norm(prefix: str, ch: int, channel_mult: list[int], channels: list[int]) -> None:
-    """Every GroupNorm of the net (min(32, C) groups over C channels) must divide its channels;
+def check_group_norm(prefix: str, ch: int, channel_mult: list[int], channels: list[int], groups: int = 32) -> None:
+    """Every GroupNorm of the net (min(groups, C) groups over C channels) must divide its channels;
     ``channels`` are the counts the net's GroupNorms see, which follow from ``ch`` and ``channel_mult``."""
     for c in channels:
-        if c % min(32, c):
+        if c % min(groups, c):
+            extra = f" or a smaller {prefix}.norm_groups that divides {c}" if prefix == "net" else ""
             raise ConfigError(
                 f"{prefix}.ch={ch} with {prefix}.channel_mult={channel_mult} gives a block of {c} channels, which "
-                f"GroupNorm's {min(32, c)} groups do not divide; allowed: {prefix}.ch a multiple of 32 (then every "
-                f"block's channels are)")
+                f"GroupNorm's {min(groups, c)} groups do not divide; allowed: {prefix}.ch a multiple of {groups} "
+                f"(then every block's channels are){extra}")

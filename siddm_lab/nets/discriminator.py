@@ -78,17 +78,20 @@ class ConvDiscriminator(nn.Module):
 
     The ``cond`` and ``aux`` heads predict images (x_t and x0) with a small decoder on the encoder's
     first-stage features, so they stay spatial. ``joint`` concatenates x_t on channels (DDGAN).
+    ``norm_groups``: GroupNorm groups, min(norm_groups, C) over C channels.
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 32, ch: int = 64, channel_mult=(1, 2, 2),
-                 time_dim: int = 128, joint: bool = False, cond_head: bool = False, aux_head: bool = False):
+                 time_dim: int = 128, joint: bool = False, cond_head: bool = False, aux_head: bool = False,
+                 norm_groups: int = 32):
         super().__init__()
-        for key, v in (("in_channels", in_channels), ("image_size", image_size), ("time_dim", time_dim)):
+        for key, v in (("in_channels", in_channels), ("image_size", image_size), ("time_dim", time_dim),
+                       ("norm_groups", norm_groups)):
             check_int(f"discriminator.{key}", v, 1)
         check_int("discriminator.ch", ch, 2)  # the time embedding's sinusoids: one sin/cos pair at least
         channel_mult = check_int_list("discriminator.channel_mult", channel_mult, 1)
         # GroupNorms: before each stage (the stem's ch, then each stage's output but the last) and in the heads
-        check_group_norm("discriminator", ch, channel_mult, [ch] + [ch * m for m in channel_mult[:-1]])
+        check_group_norm("discriminator", ch, channel_mult, [ch] + [ch * m for m in channel_mult[:-1]], norm_groups)
         self.joint = joint
         self.time_embed = TimestepEmbedding(ch, time_dim)
         c_in = in_channels * (2 if joint else 1)
@@ -98,14 +101,14 @@ class ConvDiscriminator(nn.Module):
         cur = ch
         for mult in channel_mult:
             out = ch * mult
-            self.stages.append(nn.Sequential(nn.GroupNorm(min(32, cur), cur), nn.LeakyReLU(0.2),
+            self.stages.append(nn.Sequential(nn.GroupNorm(min(norm_groups, cur), cur), nn.LeakyReLU(0.2),
                                              nn.Conv2d(cur, out, 3, stride=2, padding=1)))
             self.temb.append(nn.Linear(time_dim, out))
             cur = out
         self.logit = nn.Sequential(nn.LeakyReLU(0.2), nn.Flatten(), nn.LazyLinear(1))
 
         def decoder():
-            return nn.Sequential(nn.GroupNorm(min(32, ch), ch), nn.LeakyReLU(0.2),
+            return nn.Sequential(nn.GroupNorm(min(norm_groups, ch), ch), nn.LeakyReLU(0.2),
                                  nn.Conv2d(ch, in_channels, 3, padding=1))
 
         self.cond = decoder() if cond_head else None

@@ -19,17 +19,17 @@ from siddm_lab.nets.checks import check_group_norm, check_int, check_int_list, c
 from siddm_lab.nets.embeddings import TimestepEmbedding
 
 
-def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, ch), ch, eps=1e-6)
+def _norm(ch: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(min(groups, ch), ch, eps=1e-6)
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, cond_dim: int = 0):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, cond_dim: int = 0, groups: int = 32):
         super().__init__()
-        self.norm1 = _norm(in_ch)
+        self.norm1 = _norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch)
-        self.norm2 = _norm(out_ch)
+        self.norm2 = _norm(out_ch, groups)
         self.cond = nn.Linear(cond_dim, 2 * out_ch) if cond_dim else None
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
@@ -49,9 +49,9 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    def __init__(self, ch: int, heads: int = 1):
+    def __init__(self, ch: int, heads: int = 1, groups: int = 32):
         super().__init__()
-        self.norm = _norm(ch)
+        self.norm = _norm(ch, groups)
         self.heads = heads
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
@@ -125,6 +125,8 @@ class UNet(nn.Module):
         attn_resolutions: resolutions (in pixels) that get self-attention.
         dropout: dropout in ResBlocks (DDPM CIFAR-10: 0.1).
         cond_dim: size of a conditioning vector applied by adaptive group norm (0 = none).
+        norm_groups: GroupNorm groups (min(norm_groups, C) over C channels; 32 as in DDPM). Narrow nets
+            (ch 16, the CPU-scale MNIST GANs) need fewer, e.g. 8.
     """
 
     def __init__(
@@ -139,9 +141,11 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         heads: int = 1,
         cond_dim: int = 0,
+        norm_groups: int = 32,
     ):
         super().__init__()
-        for key, v in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch), ("heads", heads)):
+        for key, v in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch), ("heads", heads),
+                       ("norm_groups", norm_groups)):
             check_int(f"net.{key}", v, 1)
         if out_channels is not None:
             check_int("net.out_channels", out_channels, 1)
@@ -151,7 +155,7 @@ class UNet(nn.Module):
         check_int("net.cond_dim", cond_dim, 0)
         check_number("net.dropout", dropout, lambda v: 0 <= v < 1, "a number in [0, 1)")
         _check_size(image_size, channel_mult)
-        check_group_norm("net", ch, channel_mult, _norm_channels(ch, channel_mult, num_res_blocks))
+        check_group_norm("net", ch, channel_mult, _norm_channels(ch, channel_mult, num_res_blocks), norm_groups)
         # attention: the middle block's, and that of each level whose resolution is in attn_resolutions
         mid = ch * channel_mult[-1] if num_res_blocks else ch
         attn_channels = sorted({mid} | {ch * m for level, m in enumerate(channel_mult)
@@ -171,10 +175,10 @@ class UNet(nn.Module):
         cur, res = ch, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                blocks = [ResBlock(cur, ch * mult, emb_dim, dropout, cond_dim)]
+                blocks = [ResBlock(cur, ch * mult, emb_dim, dropout, cond_dim, norm_groups)]
                 cur = ch * mult
                 if res in attn_resolutions:
-                    blocks.append(AttnBlock(cur, heads))
+                    blocks.append(AttnBlock(cur, heads, norm_groups))
                 self.down.append(nn.ModuleList(blocks))
                 chans.append(cur)
             if level != levels - 1:
@@ -183,23 +187,23 @@ class UNet(nn.Module):
                 res //= 2
 
         self.mid = nn.ModuleList(
-            [ResBlock(cur, cur, emb_dim, dropout, cond_dim), AttnBlock(cur, heads),
-             ResBlock(cur, cur, emb_dim, dropout, cond_dim)]
+            [ResBlock(cur, cur, emb_dim, dropout, cond_dim, norm_groups), AttnBlock(cur, heads, norm_groups),
+             ResBlock(cur, cur, emb_dim, dropout, cond_dim, norm_groups)]
         )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
-                blocks = [ResBlock(cur + chans.pop(), ch * mult, emb_dim, dropout, cond_dim)]
+                blocks = [ResBlock(cur + chans.pop(), ch * mult, emb_dim, dropout, cond_dim, norm_groups)]
                 cur = ch * mult
                 if res in attn_resolutions:
-                    blocks.append(AttnBlock(cur, heads))
+                    blocks.append(AttnBlock(cur, heads, norm_groups))
                 self.up.append(nn.ModuleList(blocks))
             if level != 0:
                 self.up.append(nn.ModuleList([Upsample(cur)]))
                 res *= 2
 
-        self.out = nn.Sequential(_norm(cur), nn.SiLU(), nn.Conv2d(cur, out_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(cur, norm_groups), nn.SiLU(), nn.Conv2d(cur, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
