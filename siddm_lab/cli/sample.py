@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from siddm_lab.cli.common import CONF_DIR, log, user_errors
 from siddm_lab.config import validate
-from siddm_lab.utils.threads import apply_threads
 from siddm_lab.diffusion import DDIMSampler, Inversion, ddim_invert, slerp
 from siddm_lab.errors import ConfigError
 from siddm_lab.evaluation import draw, evaluate
@@ -32,6 +31,7 @@ from siddm_lab.models.loading import load_model
 from siddm_lab.utils.loggers import run_identity, wandb_log_job
 from siddm_lab.utils.measure import Measure
 from siddm_lab.utils.run_files import write_json, write_resolved_config
+from siddm_lab.utils.threads import apply_threads
 
 MODES = ("sample", "interpolate", "reconstruct", "invert")
 GENERATOR_TARGET = "siddm_lab.diffusion.GeneratorChain"
