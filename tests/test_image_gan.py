@@ -104,7 +104,9 @@ def test_channels_last_changes_speed_not_results():
     sum(g0.values()).backward()
     sum(g1.values()).backward()
     for (n, p), q in zip(m.generator.named_parameters(), fast.generator.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=n)
+        # the same sums in another order: equal up to float32 rounding of the gradient's scale
+        scale = float(p.grad.abs().max())
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4 * scale + 1e-8, msg=n)
 
 
 def test_bf16_autocast_stays_within_bf16_rounding():
