@@ -150,3 +150,16 @@ def test_compiled_nets_give_the_same_losses():
     _same_terms(d0, d1, 1e-4, 1e-5)
     _same_terms(g0, g1, 1e-4, 1e-5)
     assert set(fast.generator.state_dict()) == set(m.generator.state_dict())
+
+
+@pytest.mark.slow
+def test_compile_with_r1_trains_the_generator_compiled_and_the_discriminator_eager(tmp_path):
+    """R1 needs the discriminator's double backward, which compiled modules lack: a run with compile and R1
+    (at iteration 0 and every 2nd) trains, with the generator compiled."""
+    metrics, _ = run_train(TINY[2:] + ["trainer.max_steps=3", "trainer.val_check_interval=3",
+                                       "model.eval_num_samples=0", "eval.num_samples=16",
+                                       "callbacks.speed.compile=true"], tmp_path)
+    assert metrics["nfe"] == 4
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ck["global_step"] == 3
+    assert not any("_orig_mod" in k for k in ck["state_dict"])

@@ -7,6 +7,10 @@ channels_last and compile are the usual wins. The nets are changed in place in `
 optimisers are built and a checkpoint is loaded, so parameter names and checkpoints stay the same
 (``nn.Module.compile`` compiles the forward of the module itself; ``torch.compile(net)`` would wrap it and
 rename every parameter ``_orig_mod.*``).
+
+R1 differentiates the discriminator twice (its gradient penalty is itself differentiated), which
+compiled modules do not support (AOTAutograd has no double backward): with ``objective.r1_gamma > 0``
+the discriminator stays eager and only the generator is compiled.
 """
 
 from __future__ import annotations
@@ -51,10 +55,15 @@ class NetSpeedups(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
+        r1 = float(getattr(getattr(pl_module, "objective", None), "r1_gamma", 0.0) or 0.0) > 0
         for name, net in nets_of(pl_module).items():
             if self.channels_last:
                 to_channels_last(net)
-            if self.compile:
+            compiled = self.compile and not (name == "discriminator" and r1)
+            if compiled:
                 net.compile(**({"mode": self.compile_mode} if self.compile_mode else {}))
-            if self.channels_last or self.compile:
-                log.info("%s: channels_last=%s, compile=%s", name, self.channels_last, self.compile)
+            elif self.compile:
+                log.warning("discriminator left eager: R1 (objective.r1_gamma > 0) needs its double backward, "
+                            "which torch.compile does not support; the generator is compiled")
+            if self.channels_last or compiled:
+                log.info("%s: channels_last=%s, compile=%s", name, self.channels_last, compiled)
