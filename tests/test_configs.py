@@ -357,7 +357,8 @@ def test_ablation_options(option):
     assert objective.uses_disc_reg == abl.disc_reg and objective.adversarial == float(abl.adversarial)
 
 
-@pytest.mark.parametrize("table,row", [(t, r) for t in ("siddm_toy", "siddm_toy_released", "table_cifar10_main")
+@pytest.mark.parametrize("table,row", [(t, r) for t in ("siddm_toy", "siddm_toy_released", "table_cifar10_main",
+                                                                   "siddm_mnist_table")
                                        for r in options(f"experiment/{t}")])
 def test_table_rows_compose(table, row):
     """The rows of the training tables whose rows differ in more than one group (conf/experiment/<table>/)."""
