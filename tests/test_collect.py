@@ -109,11 +109,30 @@ def test_scatter_side_by_side_of_toy_jobs(tmp_path):
     assert w == 2 * h  # one panel per row (seed 0 of each), 4 x 4 inches each
 
 
-def test_scatter_skips_image_samples(tmp_path, capsys):
+def test_scatter_of_image_jobs_draws_their_grids_side_by_side(tmp_path):
+    for i, (row, level) in enumerate([("siddm", 0), ("ddgan", 255), ("ddpm", 128)]):
+        job = _job(tmp_path, str(i), [f"+experiment/siddm_mnist_table={row}", "seed=0"],
+                   {"nfe": 4, "fd_mnist_classifier": 10.0 + i, "sample_seconds": 0.1})
+        np.savez(job / "samples.npz", samples=np.full((70, 1, 8, 8), level, dtype=np.uint8))
+    assert main([str(tmp_path), "--rows", "experiment/siddm_mnist_table", "--metric", "fd_mnist_classifier",
+                 "--scatter"]) == 0
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "samples_side_by_side.png").convert("L"))
+    assert img.shape[1] == 3 * 400  # one 4-inch panel per row, sorted: ddgan, ddpm, siddm
+    centre = img.shape[0] // 2
+    panels = [img[centre - 20:centre + 20, 400 * k + 150:400 * k + 250] for k in range(3)]
+    means = [float(p.mean()) for p in panels]
+    assert means[0] > means[1] > means[2]  # white (ddgan), grey (ddpm), black (siddm) samples
+
+
+def test_scatter_refuses_a_mix_of_points_and_images(tmp_path, capsys):
     job = _job(tmp_path, "0", ["seed=0"], {"nfe": 4, "fd": 1.0})
-    np.savez(job / "samples.npz", samples=np.zeros((4, 1, 8, 8)))
-    assert main([str(tmp_path), "--scatter"]) == 0
-    assert "needs jobs with 2-D samples" in capsys.readouterr().err
+    np.savez(job / "samples.npz", samples=np.zeros((4, 1, 8, 8), dtype=np.uint8))
+    job = _job(tmp_path, "1", ["seed=1"], {"nfe": 4, "fd": 1.0})
+    np.savez(job / "samples.npz", samples=np.zeros((4, 2)))
+    assert main([str(tmp_path), "--rows", "seed", "--scatter"]) == 0
+    assert "needs jobs with samples.npz of 2-D points or of images" in capsys.readouterr().err
     assert not (tmp_path / "samples_side_by_side.png").exists()
 
 

@@ -35,8 +35,8 @@ def main(argv=None):
     ap.add_argument("--paper", help="YAML file of published numbers to print beside ours (see load_paper)")
     ap.add_argument("--bars", action="store_true", help="bar chart of the (first) metric per --rows value, with "
                     "the paper's numbers when --paper is given (ablations)")
-    ap.add_argument("--scatter", action="store_true", help="side-by-side scatter plots of 2-D samples, one per "
-                    "--rows (x --cols) value")
+    ap.add_argument("--scatter", action="store_true", help="samples side by side, one panel per --rows (x --cols) "
+                    "value: scatter plots of 2-D points, grids of images")
     ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot and the curves "
                     "(default: --rows)")
     ap.add_argument("--logy", action="store_true", help="log scale for the metric in the metric-vs-NFE plot (rows "

@@ -159,9 +159,10 @@ def _toy_reference(job: Path):
 
 
 def plot_scatter(rows: list[dict], sweep_dir: Path, keys: list[str], path: Path,
-                 metrics=("modes_covered", "fd_2d")) -> Path | None:
-    """Side-by-side scatter plots of 2-D samples: one panel per value of ``keys`` (the first job of each
-    group, e.g. seed 0), titled with the values, NFE, sampling time and ``metrics``."""
+                 metrics=("modes_covered", "fd_2d", "fd_mnist_classifier", "fid")) -> Path | None:
+    """Side by side, one panel per value of ``keys`` (the first job of each group, e.g. seed 0), titled with
+    the values, NFE, sampling time and ``metrics``: scatter plots of 2-D samples, or grids of the first 64
+    samples of image jobs (uint8 [N, C, H, W] in samples.npz)."""
     import numpy as np
 
     from siddm_lab.utils import plotting
@@ -176,9 +177,10 @@ def plot_scatter(rows: list[dict], sweep_dir: Path, keys: list[str], path: Path,
         if not (job / "samples.npz").is_file():
             continue
         x = np.load(job / "samples.npz")["samples"]
-        if x.ndim != 2 or x.shape[1] != 2:
+        images = x.ndim == 4
+        if not images and (x.ndim != 2 or x.shape[1] != 2):
             return None
-        if reference is None:
+        if reference is None and not images:
             reference, _ = _toy_reference(job)
         stats = [f"{m}={_num(r[m]):.3g}" for m in metrics if m in r and isinstance(_num(r[m]), float)]
         if "sample_seconds" in r:
@@ -188,4 +190,8 @@ def plot_scatter(rows: list[dict], sweep_dir: Path, keys: list[str], path: Path,
     if not panels:
         return None
     ncols = len({label[-1] for label in groups}) if len(keys) > 1 else None  # one row per first-key value
+    if len({x.ndim for _, x in panels}) > 1:  # points and images cannot share a figure
+        return None
+    if panels[0][1].ndim == 4:
+        return plotting.side_by_side_images(panels, path, ncols=ncols)
     return plotting.side_by_side(panels, path, reference=reference, ncols=ncols)

@@ -101,7 +101,8 @@ def write_report(sweep_dir, out=None, *, row_key: str | None = None, col_key: st
         png = plot_scatter(rows, sweep_dir, [k for k in (row_key, col_key) if k] or ["job"],
                            out / "samples_side_by_side.png")
         if png is None:
-            print("warning: --scatter needs jobs with 2-D samples.npz", file=sys.stderr)
+            print("warning: --scatter needs jobs with samples.npz of 2-D points or of images (all alike)",
+                  file=sys.stderr)
         else:
             report.written.append(png)
     print(f"{len(rows)} jobs, {len(problems)} incomplete; wrote " + ", ".join(str(p) for p in report.written))

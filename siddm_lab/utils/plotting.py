@@ -77,16 +77,38 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], path, reference: np.ndarr
     return Path(path)
 
 
-def image_grid(x: np.ndarray, path, title: str | None = None, nrow: int | None = None):
-    """uint8 images [N, C, H, W] -> one PNG grid."""
+def _grid(x: np.ndarray, nrow: int | None = None) -> np.ndarray:
     import torch
     from torchvision.utils import make_grid
 
     t = torch.as_tensor(np.asarray(x))
     nrow = nrow or int(np.ceil(np.sqrt(len(t))))
     grid = make_grid(t, nrow=nrow, padding=2, pad_value=255).permute(1, 2, 0).numpy()
+    return grid.squeeze(-1) if grid.shape[-1] == 1 else grid
+
+
+def side_by_side_images(panels: list[tuple[str, np.ndarray]], path, max_images: int = 64, ncols: int | None = None):
+    """One grid of the first ``max_images`` uint8 images [N, C, H, W] per (title, images), side by side."""
+    ncols = min(ncols or len(panels), len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4.3 * nrows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, x) in zip(axes.flat, panels):
+        grid = _grid(x[:max_images])
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def image_grid(x: np.ndarray, path, title: str | None = None, nrow: int | None = None):
+    """uint8 images [N, C, H, W] -> one PNG grid."""
+    grid = _grid(x, nrow)
     fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
-    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None)
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None)
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=9)
