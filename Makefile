@@ -43,6 +43,7 @@ bench: setup
 	SIDDM_DATA_DIR=$(SHARED_DATA) $(PY) bench/train_step.py
 	$(PY) bench/sample_ddim.py
 	$(PY) bench/train_siddm.py
+	$(PY) bench/threads.py
 	test -f $(DEMO_DIR)/siddm_T4/checkpoints/last.ckpt || $(MAKE) demo
 	$(PY) bench/sample_quality.py --ddpm $(DEMO_DIR)/ddpm_T1000/checkpoints/last.ckpt \
 		--gan $(DEMO_DIR)/siddm_T4/checkpoints/last.ckpt
