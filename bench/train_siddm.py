@@ -50,7 +50,7 @@ COMMON = ["trainer.enable_progress_bar=false", "trainer.val_check_interval=10000
 IMAGE_CASES = {
     # case: (overrides, batch)
     "mnist": (["experiment=siddm_mnist"], None),
-    "cifar10": (["experiment=siddm_cifar10", "trainer=cpu", "trainer.precision=32-true"], 8),
+    "cifar10": (["experiment=siddm_cifar10", "trainer=cpu", "trainer.devices=1", "trainer.precision=32-true"], 8),
 }
 
 
