@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The offline data that tests and benchmarks read (MNIST in torchvision's layout).
 SHARED_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-slow test-all bench lint clean mnist-classifier
+.PHONY: setup demo test test-slow test-all bench lint clean mnist-classifier mnist-compare
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,3 +57,20 @@ clean:
 # The MNIST classifier behind fd_mnist_classifier (cached in $SIDDM_CACHE_DIR or ~/.cache/siddm_lab).
 mnist-classifier: setup
 	$(PY) -m siddm_lab.metrics.mnist_classifier --data-dir $(SHARED_DATA)
+
+# Fast sampling on MNIST: the committed SIDDM-4 and DDGAN-4 checkpoints beside the DDPM's DDIM at 4 and 20
+# steps (experiments/checkpoints/), 1000 samples each, scored by fd_mnist_classifier; one table and one
+# side-by-side grid in $(MNIST_DIR). A few minutes on 2 CPU cores (the DDIM-20 job is most of it).
+MNIST_DIR ?= runs/mnist_compare
+CKPTS := experiments/checkpoints
+MNIST_SAMPLE = $(PY) -m siddm_lab.sample data_dir=$(SHARED_DATA) num_samples=1000 batch_size=500 seed=0 progress=false
+mnist-compare: setup
+	@test -f $${SIDDM_CACHE_DIR:-$$HOME/.cache/siddm_lab}/mnist_classifier.pt || $(MAKE) mnist-classifier
+	rm -rf $(MNIST_DIR)
+	$(MNIST_SAMPLE) ckpt=$(CKPTS)/siddm_mnist_T4.ckpt sampler=generator task_name=SIDDM-4 hydra.run.dir=$(MNIST_DIR)/siddm_T4
+	$(MNIST_SAMPLE) ckpt=$(CKPTS)/ddgan_mnist_T4.ckpt sampler=generator task_name=DDGAN-4 hydra.run.dir=$(MNIST_DIR)/ddgan_T4
+	$(MNIST_SAMPLE) ckpt=$(CKPTS)/ddpm_mnist_cpu_step12500.ckpt sampler=ddim subsequence=trailing sampler.steps=4 \
+		sampler.clip_x0=1.0 task_name=DDPM-DDIM-4 hydra.run.dir=$(MNIST_DIR)/ddpm_ddim4
+	$(MNIST_SAMPLE) ckpt=$(CKPTS)/ddpm_mnist_cpu_step12500.ckpt sampler=ddim sampler.steps=20 sampler.eta=0.5 \
+		sampler.clip_x0=1.0 task_name=DDPM-DDIM-20 hydra.run.dir=$(MNIST_DIR)/ddpm_ddim20
+	$(PY) -m siddm_lab.collect $(MNIST_DIR) --rows task_name --scatter --metric fd_mnist_classifier,nfe,sample_seconds
