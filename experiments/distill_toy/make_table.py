@@ -1,9 +1,9 @@
 """Quality against NFE of every fast sampler of one teacher: the teacher's DDIM at each step count, the
-progressive-distilled students of every round, the one-step KD student and SIDDM, mean ± std over seeds.
+progressive-distilled students of every round, the one-step KD student, SIDDM and DDGAN, mean ± std over seeds.
 
     python experiments/distill_toy/make_table.py --ddim runs/multirun/distill_toy_ddim \
         --pd runs/multirun/distill_toy [more sweeps ...] --kd runs/multirun/distill_toy_kd \
-        --siddm runs/multirun/distill_toy_siddm \
+        --siddm runs/multirun/distill_toy_siddm [--ddgan <DDGAN sampling jobs>] \
         --out experiments/distill_toy
     python experiments/distill_toy/make_table.py ... --metrics fd_mnist_classifier --out experiments/distill_mnist
 
@@ -37,12 +37,14 @@ def rows_of(args) -> list[dict]:
         rows += [{**r, "method": "knowledge distillation (1 step)"} for r in collect(sweep)[0]]
     for sweep in args.siddm:
         rows += [{**r, "method": "SIDDM"} for r in collect(sweep)[0]]
+    for sweep in args.ddgan:
+        rows += [{**r, "method": "DDGAN"} for r in collect(sweep)[0]]
     return [r for r in rows if "nfe" in r]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("ddim", "pd", "kd", "siddm"):
+    for name in ("ddim", "pd", "kd", "siddm", "ddgan"):
         p.add_argument(f"--{name}", nargs="+", default=[], help=f"sweep folder(s) of the {name} jobs")
     p.add_argument("--metrics", nargs="+", default=list(METRICS), help="the metrics tabulated and plotted")
     p.add_argument("--out", required=True)
