@@ -202,6 +202,23 @@ def test_curves_time_to_quality(tmp_path):
     assert (tmp_path / "hq_ratio_vs_iterations.png").is_file()
 
 
+def test_curves_on_a_log_axis(tmp_path, monkeypatch):
+    """--logy puts the curves' metric on a log axis too (FD falls by decades while a GAN trains)."""
+    import matplotlib.axes
+
+    from siddm_lab.results import plot_curves
+
+    scales = []
+    real = matplotlib.axes.Axes.set_yscale
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale", lambda ax, v, **kw: (scales.append(v), real(ax, v, **kw)))
+    _ensemble_job(tmp_path, "0", ["+row=a"], [0, 1], [0, 1])
+    rows, _ = collect(tmp_path)
+    plot_curves(rows, tmp_path, "hq_ratio", "row", tmp_path / "lin.png")
+    assert scales == []
+    plot_curves(rows, tmp_path, "hq_ratio", "row", tmp_path / "log.png", log_y=True)
+    assert scales == ["log", "log"]  # both panels: against iterations and against seconds
+
+
 def test_baseline_comparison_says_whether_each_row_reaches_its_quality(tmp_path, capsys):
     base = {"modes_covered": 25, "hq_ratio": 0.8, "fd_2d": 0.001, "sample_seconds": 100.0, "nfe": 1000}
     _job(tmp_path, "0", ["experiment=ddpm"], base)

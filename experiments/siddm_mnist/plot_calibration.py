@@ -24,7 +24,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [{"job": str(r.resolve()), "run": r.name} for r in args.runs]  # absolute: the root is ignored
     png = plot_curves(rows, Path("/"), args.metric, "run", args.out / f"{args.metric}_vs_iterations.png",
-                      title="MNIST calibration")
+                      title="MNIST calibration", log_y=True)
     lines = [f"| run | iteration | training s | {args.metric} | sample mean (data -0.74) |", "|---|---|---|---|---|"]
     for r in args.runs:
         for h in read_history(r):

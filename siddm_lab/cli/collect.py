@@ -40,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--group", help="config key: one line per value in the metric-vs-NFE plot and the curves "
                     "(default: --rows)")
     ap.add_argument("--logy", action="store_true", help="log scale for the metric in the metric-vs-NFE plot (rows "
-                    "that span decades); every value must be > 0")
+                    "that span decades; every value must be > 0) and in the curves")
     ap.add_argument("--curves", help="metrics (comma-separated) to draw against iterations and training seconds "
                     "from each model's history.jsonl (time-to-quality), e.g. hq_ratio,modes_covered")
     ap.add_argument("--baseline", help="a --rows value to compare every row with: sampling speed-up and whether "

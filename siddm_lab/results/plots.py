@@ -12,9 +12,10 @@ from siddm_lab.results.tables import _lookup, _mean, _sort_key, _std
 
 
 def plot_curves(rows: list[dict], sweep_dir: Path, metric: str, group: str | None, path: Path,
-                title: str = "") -> Path | None:
+                title: str = "", log_y: bool = False) -> Path | None:
     """Time-to-quality: ``metric`` against iterations and against training seconds, one line per value of
-    ``group`` (the mean over its models, e.g. seeds, with the min-max band)."""
+    ``group`` (the mean over its models, e.g. seeds, with the min-max band); ``log_y``: a log axis for
+    the metric (values <= 0 are left out of it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,6 +47,8 @@ def plot_curves(rows: list[dict], sweep_dir: Path, metric: str, group: str | Non
     for ax in axes:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
+        if log_y:
+            ax.set_yscale("log", nonpositive="mask")
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)

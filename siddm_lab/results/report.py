@@ -92,7 +92,8 @@ def write_report(sweep_dir, out=None, *, row_key: str | None = None, col_key: st
         if png:
             report.written.append(png)
     for curve_metric in curves:
-        png = plot_curves(rows, sweep_dir, curve_metric, group or row_key, out / f"{curve_metric}_vs_iterations.png")
+        png = plot_curves(rows, sweep_dir, curve_metric, group or row_key, out / f"{curve_metric}_vs_iterations.png",
+                          log_y=log_y)
         if png is None:
             print(f"warning: no history.jsonl holds {curve_metric} (periodic evaluation off?)", file=sys.stderr)
         else:
