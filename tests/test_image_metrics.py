@@ -359,6 +359,32 @@ def test_fd_mnist_classifier_real_vs_noise(small_classifier, mnist_root):
     assert fd_mnist_classifier(a, b, path) == pytest.approx(fd_halves, rel=1e-6)
 
 
+def test_mnist_digits_sees_a_dropped_digit_and_noise(small_classifier, mnist_root):
+    """Real test images: all 10 digits, histograms close to the reference's and confident; the same images
+    without one digit (a mode-collapsed sampler): 9 classes and a TV of about that digit's share; noise:
+    low confidence."""
+    from siddm_lab.data.images import read_mnist
+    from siddm_lab.metrics.image import compute_image_metrics, mnist_digits
+
+    path, _ = small_classifier
+    clf = load_classifier(path)
+    images, labels = read_mnist(mnist_root, "test", verify="size")
+    x = F.pad(torch.from_numpy(images[:4000]), (2, 2, 2, 2))
+    a, b = x[:2000], x[2000:]
+    real = mnist_digits(a, b, clf)
+    assert real["digit_classes"] == 10 and real["digit_tv"] < 0.05 and real["digit_confidence"] > 0.9
+    no_sevens = a[torch.from_numpy(labels[:2000]) != 7]
+    dropped = mnist_digits(no_sevens, b, clf)
+    share = float((torch.from_numpy(labels[2000:4000]) == 7).double().mean())
+    assert dropped["digit_classes"] == 9
+    assert dropped["digit_tv"] == pytest.approx(share, abs=0.05)
+    noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, size=(500, 1, 32, 32), dtype=np.uint8))
+    assert mnist_digits(noise, b, clf)["digit_confidence"] < real["digit_confidence"] - 0.2
+    both = compute_image_metrics(a, b, ["fd_mnist_classifier", "mnist_digits"], classifier_path=path)
+    assert both["digit_classes"] == 10 and both["digit_tv"] == pytest.approx(real["digit_tv"])
+    assert both["fd_mnist_classifier"] == pytest.approx(fd_mnist_classifier(a, b, clf), rel=1e-6)
+
+
 @pytest.mark.slow
 def test_full_classifier_reaches_98_percent(mnist_root, tmp_path):
     res = train_classifier(mnist_root, tmp_path / "full.pt")

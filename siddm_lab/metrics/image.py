@@ -3,6 +3,11 @@
 * ``fd_mnist_classifier``: Fréchet distance between Gaussians fitted to the penultimate features of
   our small MNIST classifier (``siddm_lab.metrics.mnist_classifier``). It is *not* FID: values are
   only comparable with other values of this metric computed with the same classifier checkpoint.
+* ``mnist_digits``: which digits the MNIST classifier sees in the samples, against the reference:
+  ``digit_classes`` (digits with at least a quarter of their reference share: 10 when no digit is dropped),
+  ``digit_tv`` (total variation between the two class histograms: the share of samples that would have to
+  change digit; 0 for equal histograms) and ``digit_confidence`` (the classifier's mean top probability: low
+  for samples that are no clear digit). What a mode-collapsed GAN loses shows here by name.
 * ``fid`` / ``is`` / ``kid``: torchmetrics' ``FrechetInceptionDistance``, ``InceptionScore`` and
   ``KernelInceptionDistance`` on the standard Inception-v3 FID weights
   (``pt_inception-2015-12-05-6726825d.pth``), or on a stand-in ``feature_extractor`` (tests).
@@ -30,7 +35,7 @@ from torch import nn
 from siddm_lab.errors import ConfigError
 from siddm_lab.metrics.frechet import frechet_distance_from_features
 
-METRIC_NAMES = ("fd_mnist_classifier", "fid", "is", "kid", "prc")
+METRIC_NAMES = ("fd_mnist_classifier", "mnist_digits", "fid", "is", "kid", "prc")
 INCEPTION_METRICS = ("fid", "is", "kid", "prc")
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
@@ -118,6 +123,28 @@ def fd_mnist_classifier(samples, reference, classifier, batch_size: int = 500, d
     fs = mnist_classifier_features(samples, classifier, batch_size, device, what="samples")
     fr = mnist_classifier_features(reference, classifier, batch_size, device, what="reference")
     return frechet_distance_from_features(fs, fr)
+
+
+def mnist_digits(samples, reference, classifier, batch_size: int = 500, device="cpu",
+                 min_share: float = 0.25) -> dict[str, float]:
+    """The digit classes of ``samples`` against ``reference`` by the MNIST classifier (inputs as for
+    ``fd_mnist_classifier``): ``digit_classes`` (classes whose sample share is at least ``min_share`` times
+    their reference share), ``digit_tv`` (total variation between the class histograms, in [0, 1]) and
+    ``digit_confidence`` (mean top softmax probability over the samples)."""
+    if isinstance(classifier, (str, Path)):
+        from siddm_lab.metrics.mnist_classifier import load_classifier
+
+        classifier = load_classifier(classifier, device=device)
+    head = classifier.head.cpu()
+    with torch.no_grad():
+        ps = head(mnist_classifier_features(samples, classifier, batch_size, device, what="samples")).softmax(-1)
+        pr = head(mnist_classifier_features(reference, classifier, batch_size, device, what="reference")).softmax(-1)
+    k = ps.shape[1]
+    hs = torch.bincount(ps.argmax(-1), minlength=k).double() / len(ps)
+    hr = torch.bincount(pr.argmax(-1), minlength=k).double() / len(pr)
+    return {"digit_classes": int((hs >= min_share * hr).logical_and(hr > 0).sum()),
+            "digit_tv": float(0.5 * (hs - hr).abs().sum()),
+            "digit_confidence": float(ps.max(-1).values.mean())}
 
 
 # --------------------------------------------------------------------------- Inception metrics
@@ -289,17 +316,21 @@ def compute_image_metrics(samples, reference, names, *, classifier_path=None, in
     """Compute the named metrics (subset of ``METRIC_NAMES``) of ``samples`` against ``reference``.
 
     ``fd_mnist_classifier`` loads ``classifier_path`` (``default_classifier_path()`` if None) and returns
-    key ``fd_mnist_classifier``; ``fid``/``is``/``kid``/``prc`` go to ``inception_metrics`` (keys ``fid``,
+    key ``fd_mnist_classifier``; ``mnist_digits`` (the same classifier) ``digit_classes``, ``digit_tv`` and
+    ``digit_confidence``; ``fid``/``is``/``kid``/``prc`` go to ``inception_metrics`` (keys ``fid``,
     ``is_mean``/``is_std``, ``kid_mean``/``kid_std``, ``precision``/``recall``/``f_score``) with
     ``inception_weights`` as its ``weights_path``. Unknown names raise ConfigError.
     """
     names = _check_names(names, METRIC_NAMES, "metrics.names")
     out: dict[str, float] = {}
-    if "fd_mnist_classifier" in names:
+    if "fd_mnist_classifier" in names or "mnist_digits" in names:
         from siddm_lab.metrics.mnist_classifier import load_classifier
 
         clf = load_classifier(classifier_path, device=device)
-        out["fd_mnist_classifier"] = fd_mnist_classifier(samples, reference, clf, device=device)
+        if "fd_mnist_classifier" in names:
+            out["fd_mnist_classifier"] = fd_mnist_classifier(samples, reference, clf, device=device)
+        if "mnist_digits" in names:
+            out.update(mnist_digits(samples, reference, clf, device=device))
     inception = [n for n in names if n in INCEPTION_METRICS]
     if inception:
         out.update(inception_metrics(samples, reference, metrics=inception, weights_path=inception_weights,
