@@ -25,11 +25,14 @@ def main():
     rows = [{"job": str(r.resolve()), "run": r.name} for r in args.runs]  # absolute: the root is ignored
     png = plot_curves(rows, Path("/"), args.metric, "run", args.out / f"{args.metric}_vs_iterations.png",
                       title="MNIST calibration", log_y=True)
-    lines = [f"| run | iteration | training s | {args.metric} | sample mean (data -0.74) |", "|---|---|---|---|---|"]
+    extra = ("digit_classes", "digit_tv", "digit_confidence")  # mnist_digits, where the run computed it
+    lines = [f"| run | iteration | training s | {args.metric} | sample mean (data -0.74) | " + " | ".join(extra) + " |",
+             "|---" * (5 + len(extra)) + "|"]
     for r in args.runs:
         for h in read_history(r):
+            cells = " | ".join("" if k not in h else f"{h[k]:.3g}" for k in extra)
             lines.append(f"| {r.name} | {h['iteration']} | {h['train_seconds']:.0f} | {h[args.metric]:.1f} | "
-                         f"{h.get('sample_mean', float('nan')):.3f} |")
+                         f"{h.get('sample_mean', float('nan')):.3f} | {cells} |")
     (args.out / "history.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {png} and {args.out / 'history.md'}")
 
