@@ -107,10 +107,6 @@ def run_siddm(cfg, iters, warmup):
     return (timer.t1 - timer.t0) / iters
 
 
-def _bc(v, x):
-    return v.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-
-
 def run_bare(cfg, iters, warmup, parts: dict | None = None, r1_every=None):
     """The same iteration written directly against torch (same nets, losses, optimisers, EMA of G and D).
     ``parts`` collects the seconds of each part per iteration; ``r1_every`` overrides lazy_reg."""
@@ -166,8 +162,8 @@ def run_bare(cfg, iters, warmup, parts: dict | None = None, r1_every=None):
                 p.requires_grad_(False)
             fake = diff.q_posterior_sample(G(x_t, t, torch.randn(x0.shape[0], nz)), x_t, t, torch.randn_like(x_t))
             out = D(fake, t, heads=("logit", "cond"))
-            a, b = diff.sqrt_alphas[t].float(), diff.sqrt_betas[t].float()
-            afd = (_bc(a, fake) * fake + _bc(b, fake) * torch.randn_like(fake) - x_t).pow(2).mean()
+            a, b = diff.q_step_coefficients(t, fake)
+            afd = (a * fake + b * torch.randn_like(fake) - x_t).pow(2).mean()
             loss_g = F.softplus(-out.logit).mean() + lam * afd - lam * (x_t - out.cond).pow(2).mean()
             if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
                 raise FloatingPointError

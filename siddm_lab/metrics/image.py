@@ -135,10 +135,16 @@ def mnist_digits(samples, reference, classifier, batch_size: int = 500, device="
         from siddm_lab.metrics.mnist_classifier import load_classifier
 
         classifier = load_classifier(classifier, device=device)
+    fs = mnist_classifier_features(samples, classifier, batch_size, device, what="samples")
+    fr = mnist_classifier_features(reference, classifier, batch_size, device, what="reference")
+    return mnist_digits_from_features(fs, fr, classifier, min_share)
+
+
+def mnist_digits_from_features(fs: torch.Tensor, fr: torch.Tensor, classifier, min_share: float = 0.25) -> dict:
+    """``mnist_digits`` from the classifier's features of the samples (``fs``) and the reference (``fr``)."""
     head = classifier.head.cpu()
     with torch.no_grad():
-        ps = head(mnist_classifier_features(samples, classifier, batch_size, device, what="samples")).softmax(-1)
-        pr = head(mnist_classifier_features(reference, classifier, batch_size, device, what="reference")).softmax(-1)
+        ps, pr = head(fs).softmax(-1), head(fr).softmax(-1)
     k = ps.shape[1]
     hs = torch.bincount(ps.argmax(-1), minlength=k).double() / len(ps)
     hr = torch.bincount(pr.argmax(-1), minlength=k).double() / len(pr)
@@ -327,10 +333,13 @@ def compute_image_metrics(samples, reference, names, *, classifier_path=None, in
         from siddm_lab.metrics.mnist_classifier import load_classifier
 
         clf = load_classifier(classifier_path, device=device)
+        # one pass of the classifier over the samples and the reference serves both metrics
+        fs = mnist_classifier_features(samples, clf, device=device, what="samples")
+        fr = mnist_classifier_features(reference, clf, device=device, what="reference")
         if "fd_mnist_classifier" in names:
-            out["fd_mnist_classifier"] = fd_mnist_classifier(samples, reference, clf, device=device)
+            out["fd_mnist_classifier"] = frechet_distance_from_features(fs, fr)
         if "mnist_digits" in names:
-            out.update(mnist_digits(samples, reference, clf, device=device))
+            out.update(mnist_digits_from_features(fs, fr, clf))
     inception = [n for n in names if n in INCEPTION_METRICS]
     if inception:
         out.update(inception_metrics(samples, reference, metrics=inception, weights_path=inception_weights,
