@@ -159,3 +159,30 @@ def test_norm_groups_lets_narrow_nets_build_and_sets_every_group_norm():
     assert all(m.num_groups == min(8, m.num_channels) for m in d.modules() if isinstance(m, torch.nn.GroupNorm))
     with pytest.raises(ConfigError, match="net.norm_groups=0 is invalid"):
         UNet(norm_groups=0)
+
+
+def test_minibatch_stddev_closed_form_and_batch_coupling():
+    """The appended channel is the features' std over each group, averaged; it couples a sample's logit
+    to the other members of its group (and only them), and a batch of copies has zero std."""
+    from siddm_lab.nets.discriminator import minibatch_stddev
+    h = torch.randn(8, 3, 2, 2)
+    out = minibatch_stddev(h, 4)
+    assert out.shape == (8, 4, 2, 2) and torch.equal(out[:, :3], h)
+    groups = h.reshape(4, 2, 3, 2, 2)  # sample n = a * 2 + k is in group k
+    for k in range(2):
+        expect = groups[:, k].std(0, unbiased=False).mean()
+        assert torch.allclose(out[k::2, 3], expect.expand(4, 2, 2), atol=1e-5)
+    assert minibatch_stddev(torch.ones(4, 3, 2, 2), 4)[:, 3].abs().max() < 1e-3
+    assert minibatch_stddev(torch.randn(6, 3, 2, 2), 4).shape == (6, 4, 2, 2)  # group 3 divides 6
+    assert minibatch_stddev(torch.randn(1, 3, 2, 2), 4)[:, 3].abs().max() < 1e-3  # one sample: no spread
+
+    torch.manual_seed(0)
+    d = ConvDiscriminator(ch=16, norm_groups=8, mbstd_group=2)
+    x, t = torch.randn(4, 1, 32, 32), torch.zeros(4, dtype=torch.long)
+    base = d(x, t).logit
+    x2 = x.clone()
+    x2[2] = torch.randn(1, 32, 32)  # sample 2 shares its group with sample 0 (groups {0, 2} and {1, 3})
+    moved = d(x2, t).logit
+    assert not torch.allclose(moved[0], base[0]) and torch.allclose(moved[[1, 3]], base[[1, 3]])
+    with pytest.raises(ConfigError, match="discriminator.mbstd_group=-1 is invalid"):
+        ConvDiscriminator(mbstd_group=-1)

@@ -79,15 +79,20 @@ class ConvDiscriminator(nn.Module):
     The ``cond`` and ``aux`` heads predict images (x_t and x0) with a small decoder on the encoder's
     first-stage features, so they stay spatial. ``joint`` concatenates x_t on channels (DDGAN).
     ``norm_groups``: GroupNorm groups, min(norm_groups, C) over C channels.
+    ``mbstd_group``: minibatch standard deviation before the logit (as DDGAN's discriminators and
+    StyleGAN2: one feature map holding the features' standard deviation over groups of this many
+    samples, so the logit sees the batch's variety and mode collapse is penalised); 0 = off.
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 32, ch: int = 64, channel_mult=(1, 2, 2),
                  time_dim: int = 128, joint: bool = False, cond_head: bool = False, aux_head: bool = False,
-                 norm_groups: int = 32):
+                 norm_groups: int = 32, mbstd_group: int = 0):
         super().__init__()
         for key, v in (("in_channels", in_channels), ("image_size", image_size), ("time_dim", time_dim),
                        ("norm_groups", norm_groups)):
             check_int(f"discriminator.{key}", v, 1)
+        check_int("discriminator.mbstd_group", mbstd_group, 0)
+        self.mbstd_group = mbstd_group
         check_int("discriminator.ch", ch, 2)  # the time embedding's sinusoids: one sin/cos pair at least
         channel_mult = check_int_list("discriminator.channel_mult", channel_mult, 1)
         # GroupNorms: before each stage (the stem's ch, then each stage's output but the last) and in the heads
@@ -128,6 +133,8 @@ class ConvDiscriminator(nn.Module):
         h = h0
         for stage, proj in zip(self.stages, self.temb):
             h = stage(h) + proj(emb)[:, :, None, None]
+        if self.mbstd_group:
+            h = minibatch_stddev(h, self.mbstd_group)
         out = DiscriminatorOutput(logit=self.logit(h).squeeze(-1) if "logit" in heads else None)
         for name in ("cond", "aux"):
             if name in heads:
@@ -136,3 +143,15 @@ class ConvDiscriminator(nn.Module):
                     raise ValueError(f"this discriminator has no '{name}' head")
                 setattr(out, name, head(h0))
         return out
+
+
+def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+    """Append one channel: the standard deviation of each feature over groups of ``group`` samples
+    (the largest divisor of the batch not above ``group``), averaged over features and positions and
+    broadcast to the group's members (Karras et al. 2018; DDGAN's discriminators use group 4)."""
+    b, c, hh, ww = h.shape
+    g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)
+    y = h.reshape(g, b // g, c, hh, ww)
+    y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt()  # [b/g, c, H, W]
+    y = y.mean((1, 2, 3)).reshape(b // g, 1, 1, 1).repeat(g, 1, hh, ww)
+    return torch.cat([h, y], dim=1)
