@@ -340,3 +340,30 @@ def test_logy_puts_the_metric_on_a_log_axis(tmp_path, monkeypatch):
     _job(tmp_path, "2", ["sampler.steps=20", "sampler.eta=0.0", "seed=0"], {"nfe": 20, "fd": 0.0})
     with pytest.raises(SystemExit, match=r"error: a log axis needs fd > 0; the jobs have 0.0: plot without --logy"):
         main([str(tmp_path), "--rows", "sampler.eta", "--metric", "fd", "--logy"])
+
+
+def test_fd_vs_nfe_table_adds_an_earlier_results_csv(tmp_path, monkeypatch):
+    """make_table.py --previous keeps an earlier table's rows (whose run folders are gone) beside new jobs."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "make_table", Path(__file__).parents[1] / "experiments" / "distill_toy" / "make_table.py")
+    make_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_table)
+    prev = tmp_path / "results.csv"
+    prev.write_text("method,nfe,seed,job,fd_mnist_classifier\nDDIM (teacher),4,0,j4,129.8\n"
+                    "progressive distillation,4,0,p0,42.0\nprogressive distillation,4,1,p1,44.0\n")
+    _job(tmp_path / "siddm", "0_seed=0", ["seed=0"], {"nfe": 4, "seed": 0, "fd_mnist_classifier": 30.0})
+    _job(tmp_path / "siddm", "1_seed=1", ["seed=1"], {"nfe": 4, "seed": 1, "fd_mnist_classifier": 34.0})
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["make_table", "--previous", str(prev), "--siddm", str(tmp_path / "siddm"),
+                                      "--metrics", "fd_mnist_classifier", "--out", str(out)])
+    make_table.main()
+    table = (out / "table.md").read_text()
+    assert "| DDIM (teacher) | 129.8 |" in table
+    assert "| progressive distillation | 43 ± 1.4 |" in table  # mean ± sample std of 42 and 44
+    assert "| SIDDM | 32 ± 2.8 |" in table
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5
+    assert (out / "fd_mnist_classifier_vs_nfe.png").stat().st_size > 0

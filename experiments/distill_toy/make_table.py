@@ -6,8 +6,11 @@ progressive-distilled students of every round, the one-step KD student, SIDDM an
         --siddm runs/multirun/distill_toy_siddm [--ddgan <DDGAN sampling jobs>] \
         --out experiments/distill_toy
     python experiments/distill_toy/make_table.py ... --metrics fd_mnist_classifier --out experiments/distill_mnist
+    python experiments/distill_toy/make_table.py --previous experiments/distill_mnist/results.csv \
+        --siddm <SIDDM sampling jobs> --ddgan <DDGAN sampling jobs> --metrics fd_mnist_classifier --out <folder>
 
-A progressive run evaluates each round's student on its own plan at the round's end (history.jsonl: round,
+``--previous`` adds the rows of an earlier results.csv (e.g. the distillation table's, whose run folders
+are not kept) to the new jobs' rows. A progressive run evaluates each round's student on its own plan at the round's end (history.jsonl: round,
 nfe, metrics); every other job's result is its metrics.json (siddm_lab.results.collect). Writes results.csv,
 table.md (one table per metric) and <metric>_vs_nfe.png.
 """
@@ -27,6 +30,9 @@ METRICS = ("fd_2d", "modes_covered", "hq_ratio", "mmd_poly2")
 
 def rows_of(args) -> list[dict]:
     rows: list[dict] = []
+    for path in args.previous:
+        with open(path, newline="") as f:
+            rows += [{k: _number(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
     for sweep in args.ddim:
         rows += [{**r, "method": "DDIM (teacher)"} for r in collect(sweep)[0]]
     for sweep in args.pd:
@@ -42,10 +48,21 @@ def rows_of(args) -> list[dict]:
     return [r for r in rows if "nfe" in r]
 
 
+def _number(v: str):
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("ddim", "pd", "kd", "siddm", "ddgan"):
         p.add_argument(f"--{name}", nargs="+", default=[], help=f"sweep folder(s) of the {name} jobs")
+    p.add_argument("--previous", nargs="+", default=[], help="results.csv file(s) of earlier tables to include")
     p.add_argument("--metrics", nargs="+", default=list(METRICS), help="the metrics tabulated and plotted")
     p.add_argument("--out", required=True)
     args = p.parse_args()
