@@ -65,8 +65,11 @@ def image_metrics(dm, samples: torch.Tensor, strict: bool = False) -> dict[str, 
         return out
 
     def compute(names):
-        return compute_image_metrics(uint8, dm.metric_reference, names, classifier_path=dm.classifier_path,
-                                     inception_weights=dm.inception_weights)
+        stats = getattr(dm, "reference_stats", None) if "fid" in names else None
+        only_stats = stats is not None and set(names) <= {"fid", "is"}  # no reference images needed
+        return compute_image_metrics(uint8, None if only_stats else dm.metric_reference, names,
+                                     classifier_path=dm.classifier_path, inception_weights=dm.inception_weights,
+                                     resize=getattr(dm, "inception_resize", "antialias"), reference_stats=stats)
 
     try:  # all at once: the Inception metrics share one pass over the images
         out.update(compute(dm.metric_names))

@@ -1085,3 +1085,18 @@ def test_data_messages_name_the_config_keys(tmp_path):
     reader, _ = _fake_reader(c=1, h=6, w=6)
     with pytest.raises(ConfigError, match=re.escape("dataset.channels=3, dataset.image_size=None")):
         ImageDataModule(reader, batch_size=8, channels=3).setup()
+
+
+def test_image_metric_reference_split_and_size():
+    """The FID reference: the test split's first reference_size images by default; DDGAN's protocol takes
+    the whole train split (reference_split=train, reference_size=null). Bad values are refused by name."""
+    reader, data = _fake_reader()
+    dm = ImageDataModule(reader, batch_size=8, metrics={"names": ["fid"], "reference_size": 10})
+    assert torch.equal(dm.metric_reference, torch.from_numpy(data["test"][:10]))
+    dm = ImageDataModule(reader, batch_size=8, metrics={"names": ["fid"], "reference_split": "train",
+                                                        "reference_size": None, "resize": "pytorch_fid"})
+    assert torch.equal(dm.metric_reference, torch.from_numpy(data["train"])) and dm.inception_resize == "pytorch_fid"
+    with pytest.raises(ConfigError, match="reference_split='val' is unknown; allowed: train, test"):
+        ImageDataModule(reader, batch_size=8, metrics={"reference_split": "val"})
+    with pytest.raises(ConfigError, match="reference_size=1 is invalid; allowed: an integer >= 2, or null"):
+        ImageDataModule(reader, batch_size=8, metrics={"reference_size": 1})

@@ -433,3 +433,97 @@ def test_inception_path_with_local_weights_file(tmp_path, monkeypatch):
     with torch.no_grad():
         expected = NoTrainInceptionV3("inception-v3-compat", ["logits_unbiased"], str(weights))(x)
         assert torch.allclose(ext(x) @ ext.fc.weight.T, expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the papers' FID protocol
+
+
+def test_frechet_part_matches_pytorch_fid(sets):
+    """Our Fréchet distance against pytorch-fid's (scipy ``sqrtm``): an independent computation."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    from siddm_lab.metrics.frechet import frechet_distance, gaussian_stats
+
+    ref, _, shifted = sets
+    net = StandIn(dim=32)
+    a, b = gaussian_stats(net(shifted.expand(-1, 3, -1, -1))), gaussian_stats(net(ref.expand(-1, 3, -1, -1)))
+    theirs = calculate_frechet_distance(a[0], a[1], b[0], b[1])
+    assert frechet_distance(*a, *b) == pytest.approx(theirs, rel=1e-6) and theirs > 1e-3
+
+
+def test_fid_against_reference_stats_file_equals_fid_against_the_images(sets, tmp_path):
+    from siddm_lab.metrics.frechet import gaussian_stats
+
+    ref, same, shifted = sets
+    net = StandIn()
+    mu, sigma = gaussian_stats(net(ref.expand(-1, 3, -1, -1)))
+    stats = tmp_path / "ref_stats.npz"
+    np.savez(stats, mu=mu, sigma=sigma)
+    for x in (same, shifted):
+        direct = inception_metrics(x, ref, metrics=["fid"], feature_extractor=net)["fid"]
+        from_file = inception_metrics(x, None, metrics=["fid"], feature_extractor=net, reference_stats=stats)["fid"]
+        assert from_file == pytest.approx(direct, rel=1e-4, abs=1e-6)
+    with pytest.raises(ConfigError, match="metrics.reference_stats=.*does not exist"):
+        inception_metrics(same, None, metrics=["fid"], feature_extractor=net, reference_stats=tmp_path / "nope.npz")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mean=mu)
+    with pytest.raises(ConfigError, match="not an .npz with arrays 'mu' and 'sigma'"):
+        inception_metrics(same, None, metrics=["fid"], feature_extractor=net, reference_stats=bad)
+    with pytest.raises(ConfigError, match="64-d statistics, the features are 16-d"):
+        inception_metrics(same, None, metrics=["fid"], feature_extractor=net,
+                          reference_stats=(np.zeros(64), np.eye(64)))
+    with pytest.raises(ConfigError, match="metrics.resize='bicubic' is unknown; allowed: antialias, tf1, pytorch_fid"):
+        inception_metrics(same, ref, metrics=["fid"], resize="bicubic")
+
+
+def _fake_fid_weights(tmp_path):
+    """A weights file in the FID Inception layout: random weights, BatchNorm statistics fitted on a few images."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    orig_url, orig_load = fe.load_state_dict_from_url, fe.FeatureExtractorInceptionV3.load_state_dict
+    fe.load_state_dict_from_url = lambda *a, **k: None
+    fe.FeatureExtractorInceptionV3.load_state_dict = lambda self, *a, **k: None
+    try:
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        fe.load_state_dict_from_url, fe.FeatureExtractorInceptionV3.load_state_dict = orig_url, orig_load
+    for mod in net.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = None
+            mod.reset_running_stats()
+    with torch.no_grad():
+        net.train()(torch.cat([blobs(8, 5), blobs(8, 6, shift=5.0)]).expand(-1, 3, -1, -1).contiguous())
+    weights = tmp_path / "fake_inception.pth"
+    torch.save(net.eval().state_dict(), weights)
+    return weights, net
+
+
+@pytest.mark.slow
+def test_pytorch_fid_resize_is_pytorch_fids_inception_on_the_same_weights(tmp_path):
+    """resize=pytorch_fid runs pytorch-fid's own InceptionV3 (bilinear resize, 2x-1 normalisation) on the local
+    weights file, read as plain tensors: its features equal pytorch-fid's net fed x / 255; on 299 x 299 inputs
+    (no resize) and with torch-fidelity's input normalisation ((x - 128) / 128 instead of pytorch-fid's
+    (x - 127.5) / 127.5) they equal torch-fidelity's net on the same file: the weights land in the same layers."""
+    import pytorch_fid.inception as pfi
+
+    from siddm_lab.metrics.image import build_inception
+
+    weights, tf_net = _fake_fid_weights(tmp_path)
+    ours = build_inception(weights, resize="pytorch_fid", check_hash=False)
+    state = torch.load(weights, weights_only=True)
+    orig = pfi.load_state_dict_from_url
+    pfi.load_state_dict_from_url = lambda *a, **k: state
+    try:
+        theirs = pfi.InceptionV3([3], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
+    finally:
+        pfi.load_state_dict_from_url = orig
+    x = torch.cat([blobs(3, 0), blobs(3, 2, shift=5.0)]).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        f = ours(x)
+        assert f.shape == (6, 2048)
+        assert torch.allclose(f, theirs(x.float() / 255)[0].flatten(1), atol=1e-5)
+        big = F.interpolate(x.float(), size=(299, 299), mode="bilinear").round().to(torch.uint8)
+        ours.net.normalize_input = False
+        assert torch.allclose(ours.net((big.float() - 128) / 128)[0].flatten(1), tf_net(big)[0], atol=1e-5)
+        assert torch.allclose(ours.fc.weight, state["fc.weight"])

@@ -218,9 +218,19 @@ class ImageDataModule(_Base):
         self.image_size = image_size
         m = dict(metrics or {})
         self.metric_names = list(m.get("names") or [])
-        self.metric_reference_size = int(m.get("reference_size", 10_000))
+        size = m.get("reference_size", 10_000)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
+            raise ConfigError(f"dataset.metrics.reference_size={size!r} is invalid; allowed: an integer >= 2, "
+                              f"or null for the whole split")
+        self.metric_reference_size = size
+        self.metric_reference_split = m.get("reference_split", "test")
+        if self.metric_reference_split not in ("train", "test"):
+            raise ConfigError(f"dataset.metrics.reference_split={self.metric_reference_split!r} is unknown; "
+                              f"allowed: train, test")
         self.classifier_path = m.get("classifier_path")
         self.inception_weights = m.get("inception_weights")
+        self.inception_resize = m.get("resize", "antialias")
+        self.reference_stats = m.get("reference_stats")
         self._metric_reference: torch.Tensor | None = None
         if subset is not None and (not isinstance(subset, int) or subset < batch_size):
             raise ConfigError(f"dataset.subset must be an integer >= dataset.batch_size={batch_size}, "
@@ -273,9 +283,10 @@ class ImageDataModule(_Base):
 
     @property
     def metric_reference(self) -> torch.Tensor:
-        """uint8 test-split images (first ``metrics.reference_size``) the image metrics compare against."""
+        """uint8 images the image metrics compare against: the first ``metrics.reference_size`` (None: all)
+        of the ``metrics.reference_split`` (test, or train as DDGAN's FID protocol)."""
         if self._metric_reference is None:
-            self._metric_reference = self._load("test")[: self.metric_reference_size]
+            self._metric_reference = self._load(self.metric_reference_split)[: self.metric_reference_size]
         return self._metric_reference
 
     def save_samples(self, samples: torch.Tensor, out_dir, stem: str = "samples", title: str | None = None,

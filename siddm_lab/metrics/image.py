@@ -10,7 +10,10 @@
   for samples that are no clear digit). What a mode-collapsed GAN loses shows here by name.
 * ``fid`` / ``is`` / ``kid``: torchmetrics' ``FrechetInceptionDistance``, ``InceptionScore`` and
   ``KernelInceptionDistance`` on the standard Inception-v3 FID weights
-  (``pt_inception-2015-12-05-6726825d.pth``), or on a stand-in ``feature_extractor`` (tests).
+  (``pt_inception-2015-12-05-6726825d.pth``), or on a stand-in ``feature_extractor`` (tests). The
+  protocol is a setting: ``resize`` (``antialias``: torchmetrics; ``tf1``: the TF FID code;
+  ``pytorch_fid``: pytorch-fid's network and resize, as DDGAN's FIDs), the reference split and size
+  (``ImageDataModule``), or a reference statistics file (``reference_stats``: pytorch-fid's .npz).
 * ``prc``: precision / recall / F-score (Kynkäänniemi et al. 2019, k = 3 neighbours) with
   ``torch_fidelity.metric_prc.prc_features_to_metric``, computed on the *same* features as FID/KID
   (Inception pool3, 2048-d). torch-fidelity's own default for PRC is VGG16 fc2 features, whose
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from siddm_lab.errors import ConfigError
-from siddm_lab.metrics.frechet import frechet_distance_from_features
+from siddm_lab.metrics.frechet import frechet_distance, frechet_distance_from_features, gaussian_stats
 
 METRIC_NAMES = ("fd_mnist_classifier", "mnist_digits", "fid", "is", "kid", "prc")
 INCEPTION_METRICS = ("fid", "is", "kid", "prc")
@@ -173,15 +176,22 @@ def _sha256(path: Path) -> str:
     return file_digest(path, "sha256")
 
 
-def build_inception(weights_path=None, *, antialias: bool = True, check_hash: bool = True) -> nn.Module:
-    """torchmetrics' ``NoTrainInceptionV3`` returning pool3 features [N, 2048] from uint8 [N, 3, H, W].
+RESIZES = ("antialias", "tf1", "pytorch_fid")
 
+
+def build_inception(weights_path=None, *, resize: str = "antialias", check_hash: bool = True) -> nn.Module:
+    """The FID Inception-v3 returning pool3 features [N, 2048] from uint8 [N, 3, H, W]; its ``fc`` (2048 ->
+    1008) gives the Inception Score's logits.
+
+    ``resize`` (to 299 x 299) picks the implementation: ``antialias`` (torchmetrics' ``NoTrainInceptionV3``,
+    its default antialiased bilinear resize), ``tf1`` (the same net with torch-fidelity's TF1-compatible
+    bilinear resize: the original TF FID code), ``pytorch_fid`` (pytorch-fid's ``InceptionV3``: plain bilinear
+    ``F.interpolate``, align_corners=False; the protocol of DDGAN's and most PyTorch papers' FIDs).
     ``weights_path``: local ``pt_inception-2015-12-05-6726825d.pth`` (checked against its sha256 unless
-    ``check_hash=False``; torch-fidelity unpickles it with ``weights_only=False``, so only load trusted
-    files); None downloads torch-fidelity's copy into the torch hub cache. Failures raise ConfigError.
+    ``check_hash=False``); None downloads it into the torch hub cache. Failures raise ConfigError.
     """
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
+    if resize not in RESIZES:
+        raise ConfigError(f"metrics.resize={resize!r} is unknown; allowed: {', '.join(RESIZES)}")
     path = None
     if weights_path is not None:
         path = Path(weights_path).expanduser()
@@ -191,17 +201,52 @@ def build_inception(weights_path=None, *, antialias: bool = True, check_hash: bo
             raise ConfigError(f"metrics.inception_weights={path} has sha256 {got}, expected "
                               f"{INCEPTION_WEIGHTS_SHA256}: not the standard FID Inception weights")
     try:
+        if resize == "pytorch_fid":
+            return PytorchFidInception(path)
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                       feature_extractor_weights_path=None if path is None else str(path),
-                                      antialias=antialias)
+                                      antialias=resize == "antialias")
     except Exception as e:  # noqa: BLE001 - URLError, HTTPError, hash mismatch, unpickling, state-dict errors...
         if path is None:
             raise ConfigError(f"the Inception weights could not be downloaded ({type(e).__name__}: {e}); "
                               f"{_WEIGHTS_HINT}") from e
         raise ConfigError(f"metrics.inception_weights={path} could not be loaded as Inception weights "
                           f"({type(e).__name__}: {e}); {_WEIGHTS_HINT}") from e
+
+
+class PytorchFidInception(nn.Module):
+    """pytorch-fid's ``InceptionV3`` (pool3, resize_input, normalize_input, the FID Inception blocks) on
+    uint8 images, with the FID weights read from a local file as plain tensors (``weights_only``), or
+    pytorch-fid's download when ``path`` is None. ``fc``: the weights' 1008-way logits layer (for IS)."""
+
+    def __init__(self, path: Path | None = None):
+        super().__init__()
+        import pytorch_fid.inception as pfi
+
+        if path is None:
+            state = pfi.load_state_dict_from_url(pfi.FID_WEIGHTS_URL, progress=False)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        original = pfi.load_state_dict_from_url
+        pfi.load_state_dict_from_url = lambda *a, **k: state  # pytorch-fid would download; hand it the file
+        try:
+            self.net = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True,
+                                       normalize_input=True, use_fid_inception=True).eval()
+        finally:
+            pfi.load_state_dict_from_url = original
+        self.fc = nn.Linear(2048, 1008)
+        self.fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # batch norms stay in inference mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float() / 255.0)[0].flatten(1)
 
 
 @torch.no_grad()
@@ -237,7 +282,7 @@ def inception_metrics(samples, reference=None, *, metrics: Iterable[str] = ("fid
                       weights_path=None, feature_extractor: nn.Module | None = None, batch_size: int = 100,
                       device="cpu", kid_subset_size: int | None = None, kid_subsets: int = 100,
                       is_splits: int = 10, prc_neighborhood: int = 3, seed: int = 0,
-                      antialias: bool = True) -> dict:
+                      resize: str = "antialias", reference_stats=None) -> dict:
     """FID / IS / KID (torchmetrics) and precision/recall (torch-fidelity) of uint8 or [-1, 1] images.
 
     Returns the requested keys among ``fid``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``,
@@ -256,21 +301,25 @@ def inception_metrics(samples, reference=None, *, metrics: Iterable[str] = ("fid
         kid_subset_size: KID subset size; None -> min(1000, len(samples), len(reference)).
         is_splits: IS splits (torchmetrics default 10); with 1 split ``is_std`` is 0.
         seed: seeds the random splits/subsets of IS and KID (global RNG state is restored afterwards).
-        antialias: torchmetrics' resize to 299 with antialiasing (its default); False uses torch-fidelity's
-            TF1-compatible bilinear resize. Ignored with ``feature_extractor``.
+        resize: the Inception's resize to 299 (``build_inception``: antialias, tf1, pytorch_fid). Ignored with
+            ``feature_extractor``.
+        reference_stats: FID against these reference statistics instead of reference images: an ``.npz``
+            with ``mu`` [2048] and ``sigma`` [2048, 2048] (pytorch-fid's ``--save-stats`` format) or a
+            ``(mu, sigma)`` pair. They must come from the same network and resize.
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
     from torchmetrics.image.kid import KernelInceptionDistance
 
     names = _check_names(metrics, INCEPTION_METRICS, "metrics")
-    paired = [n for n in names if n != "is"]
+    ref_stats = load_reference_stats(reference_stats) if reference_stats is not None else None
+    paired = [n for n in names if n != "is" and not (n == "fid" and ref_stats is not None)]
     if paired and reference is None:
         raise ValueError(f"{', '.join(paired)} need reference images")
     if feature_extractor is not None:
         extractor, fc = feature_extractor.to(device).eval(), None
     else:
-        extractor = build_inception(weights_path, antialias=antialias).to(device)
+        extractor = build_inception(weights_path, resize=resize).to(device)
         fc = extractor.fc
     want_is = "is" in names
     fs, logits = _extract(samples, extractor, batch_size, device, "samples", want_is, fc)
@@ -281,7 +330,12 @@ def inception_metrics(samples, reference=None, *, metrics: Iterable[str] = ("fid
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
         warnings.filterwarnings("ignore", message=".*degrees of freedom is <= 0.*")  # IS std of 1 split
         torch.manual_seed(seed)
-        if "fid" in names:
+        if "fid" in names and ref_stats is not None:
+            if ref_stats[0].shape != (fs.shape[1],):
+                raise ConfigError(f"metrics.reference_stats hold {ref_stats[0].shape[0]}-d statistics, the "
+                                  f"features are {fs.shape[1]}-d")
+            out["fid"] = frechet_distance(*gaussian_stats(fs), *ref_stats)
+        elif "fid" in names:
             fid = FrechetInceptionDistance(feature=_Precomputed(fs.shape[1]))
             fid.update(fr, real=True)
             fid.update(fs, real=False)
@@ -313,12 +367,33 @@ def inception_metrics(samples, reference=None, *, metrics: Iterable[str] = ("fid
     return out
 
 
+def load_reference_stats(stats) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from an ``.npz`` file (keys ``mu``, ``sigma``) or a pair; bad files raise ConfigError."""
+    if isinstance(stats, (str, Path)):
+        path = Path(stats).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"metrics.reference_stats={path} does not exist; make it with "
+                              f"`python -m pytorch_fid --save-stats <reference image folder> {path.name}`")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                stats = (f["mu"], f["sigma"])
+        except Exception as e:  # noqa: BLE001 - not a zip, missing key, pickled arrays...
+            raise ConfigError(f"metrics.reference_stats={path} is not an .npz with arrays 'mu' and 'sigma' "
+                              f"({type(e).__name__}: {e})") from e
+    mu, sigma = (np.asarray(a, np.float64) for a in stats)
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ConfigError(f"metrics.reference_stats: expected finite mu [D] and sigma [D, D], got shapes "
+                          f"{mu.shape} and {sigma.shape}")
+    return mu, sigma
+
+
 # --------------------------------------------------------------------------- single entry point
 
 
 def compute_image_metrics(samples, reference, names, *, classifier_path=None, inception_weights=None,
                           feature_extractor: nn.Module | None = None, device="cpu", batch_size: int = 100,
-                          kid_subset_size: int | None = None, seed: int = 0) -> dict:
+                          kid_subset_size: int | None = None, seed: int = 0, resize: str = "antialias",
+                          reference_stats=None) -> dict:
     """Compute the named metrics (subset of ``METRIC_NAMES``) of ``samples`` against ``reference``.
 
     ``fd_mnist_classifier`` loads ``classifier_path`` (``default_classifier_path()`` if None) and returns
@@ -344,5 +419,6 @@ def compute_image_metrics(samples, reference, names, *, classifier_path=None, in
     if inception:
         out.update(inception_metrics(samples, reference, metrics=inception, weights_path=inception_weights,
                                      feature_extractor=feature_extractor, batch_size=batch_size, device=device,
-                                     kid_subset_size=kid_subset_size, seed=seed))
+                                     kid_subset_size=kid_subset_size, seed=seed, resize=resize,
+                                     reference_stats=reference_stats))
     return out
