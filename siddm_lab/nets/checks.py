@@ -52,3 +52,16 @@ def check_group_norm(prefix: str, ch: int, channel_mult: list[int], channels: li
                 f"{prefix}.ch={ch} with {prefix}.channel_mult={channel_mult} gives a block of {c} channels, which "
                 f"GroupNorm's {min(groups, c)} groups do not divide; allowed: {prefix}.ch a multiple of {groups} "
                 f"(then every block's channels are){extra}")
+
+
+def check_choice(key: str, v, choices: Sequence[str]) -> str:
+    """``v`` if it is one of ``choices`` (strings)."""
+    if not isinstance(v, str) or v not in choices:
+        raise _invalid(key, v, f"one of {', '.join(repr(c) for c in choices)}")
+    return v
+
+
+def check_bool(key: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise _invalid(key, v, "true or false")
+    return v
