@@ -389,6 +389,8 @@ def test_discriminator_options(option):
         return
     if option == "mlp":
         overrides, x = ["net=mlp_gen"], torch.randn(3, 2)
+    elif option == "ddgan_large":  # it halves the image 6 times
+        overrides, x = ["dataset=celebahq256", "dataset.image_size=64", "net=unet_gen"], torch.randn(3, 3, 64, 64)
     else:
         overrides, x = ["dataset=mnist", "net=unet_gen"], torch.randn(3, 1, 32, 32)
     cfg = compose_cfg(["model=siddm", f"discriminator={option}", "schedule=ddgan_vp", "diffusion.steps=4", *overrides])
