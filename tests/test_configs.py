@@ -125,7 +125,8 @@ def test_every_net_option_builds(option):
     dataset = {"mlp": "gaussians25", "mlp_gen": "gaussians25", "mlp_gen_skip": "gaussians25",
                "unet_small": "digits", "unet_mnist": "mnist",
                "unet_gen": "mnist", "unet_cifar10": "cifar10", "unet_gen_cifar10": "cifar10",
-               "unet_gen_64": "imagenet64", "unet_gen_256": "celebahq256"}[option]
+               "unet_gen_64": "imagenet64", "unet_gen_256": "celebahq256",
+               "ncsnpp_gen": "cifar10", "ncsnpp_gen_256": "celebahq256"}[option]
     model = ("siddm_released" if option.endswith("skip") else "siddm") if "_gen" in option else "ddpm"
     cfg = compose_cfg([f"dataset={dataset}", f"net={option}", f"model={model}"])
     assert sum(p.numel() for p in instantiate(cfg.net).parameters()) > 0
