@@ -40,7 +40,7 @@ from torch import nn
 
 from siddm_lab.errors import ConfigError
 from siddm_lab.nets.checks import check_bool, check_int
-from siddm_lab.nets.discriminator import DiscriminatorOutput
+from siddm_lab.nets.discriminator import DiscriminatorOutput, minibatch_stddev
 from siddm_lab.nets.embeddings import sinusoidal_embedding
 from siddm_lab.nets.fir import conv2d, dense, downsample_2d, fir_kernel_2d, upsample_2d
 
@@ -71,18 +71,6 @@ class ConvBlock(nn.Module):
         if self.downsample:
             h, x = downsample_2d(h, self.fir), downsample_2d(x, self.fir)
         return (self.conv2(h) + self.skip(x)) / math.sqrt(2.0)
-
-
-def minibatch_stddev(h: torch.Tensor, group_size: int = 4) -> torch.Tensor:
-    """h [B, C, H, W] -> [B, C+1, H, W]: the std over groups of samples (sample j with j ± B/G, ...),
-    averaged over channels and pixels, as an extra channel (StyleGAN2, one feature)."""
-    B, C, H, W = h.shape
-    group = min(B, group_size)
-    while B % group:
-        group -= 1
-    std = torch.sqrt(h.reshape(group, -1, 1, C, H, W).var(0, unbiased=False) + 1e-8)
-    std = std.mean([2, 3, 4], keepdim=True).squeeze(2).repeat(group, 1, H, W)
-    return torch.cat([h, std], dim=1)
 
 
 class DDGANDiscriminator(nn.Module):
@@ -147,7 +135,7 @@ class DDGANDiscriminator(nn.Module):
             feats.append(block(feats[-1], temb))
         out = DiscriminatorOutput(logit=None)
         if "logit" in heads:
-            h = _act(self.final_conv(minibatch_stddev(feats[-1])))
+            h = _act(self.final_conv(minibatch_stddev(feats[-1], 4)))
             out.logit = self.end_linear(h.sum(dim=(2, 3))).squeeze(-1)
         wanted = [h for h in ("cond", "aux") if h in heads]
         for name in wanted:
