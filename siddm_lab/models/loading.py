@@ -170,6 +170,10 @@ def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", m
     except RuntimeError as e:  # shape mismatches
         raise CheckpointError(f"checkpoint {path} does not match the model its config builds "
                               f"({cfg.model._target_}): {str(e).splitlines()[1].strip()} ...") from e
+    imported = ckpt.get("siddm_import")
+    if isinstance(imported, dict) and "discriminator" not in list(imported.get("parts") or []):
+        # a generator alone (siddm-import of DDGAN's netG_<epoch>.pth): the discriminator stays as initialised
+        missing = [k for k in missing if not k.startswith("discriminator.")]
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not match the model its config builds ({cfg.model._target_}): "
