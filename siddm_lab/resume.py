@@ -79,6 +79,10 @@ def config_changes(saved: dict, current: dict) -> list[str]:
 def check_compatible(path, current: dict) -> None:
     """Refuse to resume from ``path`` (loaded safely) when the run's config trains something else."""
     ckpt = load_checkpoint(path, mmap=True)  # refuses pickled objects, names corrupt files
+    if "optimizer_states" not in ckpt:
+        what = "imported by siddm-import" if "siddm_import" in ckpt else "an exported checkpoint"
+        raise CheckpointError(f"cannot resume from {path}: it holds weights only ({what}), no optimizer or loop "
+                              f"state; start a new run from its weights with init.ckpt={path} (and no ckpt_path)")
     changes = config_changes(ckpt["siddm_config"], current)
     if changes:
         raise CheckpointError(

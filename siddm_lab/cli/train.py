@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from siddm_lab.cli.common import CONF_DIR, optimized_value, user_errors
 from siddm_lab.config import validate
+from siddm_lab.models.init_from import weights_initialiser
 from siddm_lab.resume import resolve_ckpt_path
 from siddm_lab.training import build_model, build_trainer, finish, fit
 from siddm_lab.utils.loggers import build_callbacks, build_loggers
@@ -26,7 +27,8 @@ from siddm_lab.utils.threads import apply_threads, local_processes
 
 def train(cfg: DictConfig, init_model=None) -> dict:
     """Train ``cfg``'s model (``init_model(model)`` sets a fresh run's initial weights; ``siddm-distill``
-    copies its teacher's), evaluate it and write its metrics."""
+    copies its teacher's; else ``init.ckpt``'s nets, ``siddm_lab.models.init_from``), evaluate it and write its
+    metrics."""
     validate(cfg)
     apply_threads(cfg.get("threads", "auto"), local_processes(cfg.get("trainer")))
     # Lightning warns (with a code snippet) that a manually optimised model's checkpoints hold the weights
@@ -35,6 +37,8 @@ def train(cfg: DictConfig, init_model=None) -> dict:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg, out_dir)  # before anything is written to out_dir
+    if init_model is None and ckpt_path is None:
+        init_model = weights_initialiser(cfg)  # init.ckpt: loaded and checked before anything is written
     if rank_zero_only.rank == 0:  # DDP ranks started by re-running the command share the folder
         write_resolved_config(cfg, out_dir)
 
