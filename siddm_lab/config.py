@@ -38,7 +38,7 @@ def _is_num(v) -> bool:
 
 
 def _eta_ok(v) -> bool:
-    return v == "sigma_hat" or (_is_num(v) and v >= 0)
+    return v == "sigma_hat" or (_is_num(v) and 0 <= v < float("inf"))
 
 
 # key, predicate, description of what is allowed. Keys absent from a config are skipped.
@@ -52,24 +52,34 @@ RULES: list[Rule] = [
     ("schedule.beta_end", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
     ("model.prediction_type", lambda v: v in PREDICTION_TYPES, f"one of {', '.join(PREDICTION_TYPES)}"),
     ("sampler.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
-    ("sampler.eta", _eta_ok, "a number >= 0 or 'sigma_hat'"),
+    ("sampler.eta", _eta_ok, "a finite number >= 0 or 'sigma_hat'"),
     ("sampler.clip_x0", lambda v: v is None or (_is_num(v) and v > 0), "null or a positive number"),
     ("subsequence.name", lambda v: v in SUBSEQUENCES, f"one of {', '.join(SUBSEQUENCES)}"),
     ("num_samples", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("model.eval_num_samples", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    ("model.optimizer.lr", lambda v: _is_num(v) and v > 0, "a positive number"),
+    ("model.optimizer.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
+    ("model.optimizer_g.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
+    ("model.optimizer_d.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
+    ("distill.optimizer.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
     ("dataset.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("dataset.num_workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     ("trainer.max_steps", lambda v: _is_int(v) and (v == -1 or v >= 1), "a positive integer (or -1: no limit)"),
-    ("trainer.val_check_interval", lambda v: v is None or (_is_int(v) and v >= 1) or (_is_num(v) and 0 < v <= 1),
-     "a positive integer (steps) or a fraction in (0, 1]"),
+    # Training is counted in iterations (check_val_every_n_epoch is null), where Lightning takes only an integer
+    # (a fraction of an epoch is refused); it is also the period of the checkpoints.
+    ("trainer.val_check_interval", lambda v: _is_int(v) and v >= 1,
+     "a positive integer (iterations between validations and checkpoints)"),
     ("eval.num_samples", lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
     ("eval.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("eval.seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     ("ablation.lambda_afd", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
     ("ablation.lambda_disc_reg", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
     ("ablation.afd_form", lambda v: v in ("released", "paper"), "one of released, paper"),
+    # the objective's own keys (they follow `ablation` unless set directly: then named as set)
+    ("model.objective.lambda_afd", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
+    ("model.objective.lambda_disc_reg", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
+    ("model.objective.afd_weight", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
+    ("model.objective.afd_form", lambda v: v in ("released", "paper"), "one of released, paper"),
     ("model.z_dist", lambda v: v in ("normal", "uniform"), "one of normal, uniform"),
     # Interpolated into the nets (in_channels, image_size, cond_dim): named here under the key the user sets.
     ("dataset.image_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
@@ -108,6 +118,13 @@ def validate(cfg: DictConfig) -> None:
                 or len(set(seeds)) != len(seeds):
             raise ConfigError(f"seeds={seeds!r} is invalid: expected a list of distinct non-negative integers "
                               f"(one ensemble member per seed), or null")
+    eval_steps = _get(cfg, "eval.steps")
+    if eval_steps is not _MISSING and eval_steps is not None:
+        ks = list(eval_steps) if OmegaConf.is_list(eval_steps) or isinstance(eval_steps, (list, tuple)) else eval_steps
+        if not (_is_int(ks) and ks >= 1) and not (isinstance(ks, list) and ks and all(_is_int(k) and k >= 1
+                                                                                     for k in ks)):
+            raise ConfigError(f"eval.steps={ks!r} is invalid: expected null (sampler.steps), a positive integer or "
+                              f"a non-empty list of positive integers")
     T = _get(cfg, "diffusion.steps")
     for key in ("sampler.steps",):
         steps = _get(cfg, key)
@@ -117,6 +134,27 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={steps!r} is invalid: expected null (all steps) or a positive integer")
         if T is not _MISSING and steps > T:
             raise ConfigError(f"{key}={steps} is larger than the schedule: diffusion.steps={T}; allowed: 1..{T}")
+
+
+def app_groups(app: str, *groups: str) -> str:
+    """The config groups an entry point uses, one line each with its options (its ``--help``; the
+    ``siddm_groups`` resolver): ``experiment`` lists the presets made for ``app`` (their files show the
+    command ``<app> ... experiment=<name>``)."""
+    import re
+
+    lines = []
+    for group in groups:
+        folder = Path(CONF_DIR) / group
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if group == "experiment":
+            options = [o for o in options
+                       if re.search(rf"{re.escape(app)}\b[^\n]*\bexperiment={re.escape(o)}\b",
+                                    (folder / f"{o}.yaml").read_text())]
+        lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("siddm_groups", lambda *args: app_groups(*args), replace=True)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None,

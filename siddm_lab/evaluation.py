@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from siddm_lab.errors import SiddmError
+from siddm_lab.errors import NonFiniteSamplesError, SiddmError
 from siddm_lab.metrics import toy as toy_metrics
 from siddm_lab.utils.measure import Measure
 
@@ -119,6 +119,40 @@ def score(model, samples: torch.Tensor, datamodule, out_dir, *, stem: str | None
     return results
 
 
+_DIVERGED = ("the model or the sampler diverged, so no result is reported: check the training loss (a learning rate "
+             "too high, e.g. model.optimizer.lr) and the sampler's settings (e.g. sampler.eta)")
+
+
+def _sampler_words(settings: dict) -> str:
+    return ", ".join(f"{k}={settings[k]}" for k in ("sampler", "nfe", "eta") if k in settings)
+
+
+def check_finite_samples(model, samples: torch.Tensor, settings: dict) -> None:
+    """Stop an evaluation whose samples hold NaN or infinite values (per member of an ensemble)."""
+    bad = ~torch.isfinite(samples.detach().flatten(samples.dim() - len(model.data_shape)))
+    if not bad.any():
+        return
+    per_sample = bad.any(-1)
+    if model.members is not None:
+        counts = per_sample.sum(-1).tolist()
+        which = "; ".join(f"seed {s}: {c} of {per_sample.shape[-1]}" for s, c in zip(model.member_seeds, counts) if c)
+        raise NonFiniteSamplesError(f"samples hold NaN or infinite values ({which}; {_sampler_words(settings)}): "
+                                    f"{_DIVERGED}")
+    raise NonFiniteSamplesError(f"{int(per_sample.sum())} of {per_sample.numel()} samples hold NaN or infinite "
+                                f"values ({_sampler_words(settings)}): {_DIVERGED}")
+
+
+def check_finite_metrics(results: list[dict], settings: dict) -> None:
+    """Stop an evaluation whose metrics came out NaN from finite samples (values so large that the statistics
+    overflow)."""
+    for r in results:
+        nan = sorted(k for k, v in r.items() if isinstance(v, float) and v != v)
+        if nan:
+            who = "" if r.get("seed") is None else f" of the member with seed {r['seed']}"
+            raise NonFiniteSamplesError(f"the metrics {', '.join(nan)}{who} are NaN ({_sampler_words(settings)}; "
+                                        f"the samples are finite but too large to measure): {_DIVERGED}")
+
+
 def evaluate(model, sampler, datamodule, n: int, seed: int, out_dir, *, batch_size: int | None = None,
              stem: str | None = "samples", title: str | None = None, strict: bool = False,
              progress: bool = False) -> list[dict]:
@@ -128,9 +162,11 @@ def evaluate(model, sampler, datamodule, n: int, seed: int, out_dir, *, batch_si
     measured: dict = {}
     samples, seconds = draw(model, sampler, n, seed, batch_size, progress, measured)
     settings = sampler.settings()
+    check_finite_samples(model, samples, settings)
     if title is None:
         title = f"{type(model).__name__} T={model.diffusion.num_timesteps} {settings['sampler']} NFE={settings['nfe']}"
     results = score(model, samples, datamodule, out_dir, stem=stem, title=title, strict=strict)
+    check_finite_metrics(results, settings)
     for r in results:
         r.pop("png", None)
         r.update(settings, peak_memory_mb=measured.get("peak_memory_mb"),

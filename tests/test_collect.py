@@ -338,7 +338,8 @@ def test_logy_puts_the_metric_on_a_log_axis(tmp_path, monkeypatch):
     assert main([str(tmp_path), "--rows", "sampler.eta", "--metric", "fd"]) == 0
     assert scales == ["log", "linear"]
     _job(tmp_path, "2", ["sampler.steps=20", "sampler.eta=0.0", "seed=0"], {"nfe": 20, "fd": 0.0})
-    with pytest.raises(SystemExit, match=r"error: a log axis needs fd > 0; the jobs have 0.0: plot without --logy"):
+    with pytest.raises(SystemExit, match=r"error: a log axis needs fd > 0, and 1 job\(s\) have another value "
+                                         r"\(2: fd=0.0\): plot without --logy"):
         main([str(tmp_path), "--rows", "sampler.eta", "--metric", "fd", "--logy"])
 
 

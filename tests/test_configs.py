@@ -108,7 +108,8 @@ def test_toy_datasets_with_mlp(dataset):
 def test_image_datasets_with_their_unet(dataset, net):
     overrides = [f"dataset={dataset}", f"net={net}"]
     if dataset in ("image_folder", "celebahq256", "imagenet64"):
-        overrides.append("dataset.image_size=16")
+        # unet_small is made for 8x8 digits: its attention resolution [4] is no level of a 16x16 UNet
+        overrides += ["dataset.image_size=16", "net.attn_resolutions=[8]"]
     cfg = compose_cfg(overrides)
     validate(cfg)
     dm = instantiate(cfg.dataset)  # constructing reads nothing yet
@@ -391,7 +392,8 @@ def test_discriminator_options(option):
     if option == "mlp":
         overrides, x = ["net=mlp_gen"], torch.randn(3, 2)
     elif option == "ddgan_large":  # it halves the image 6 times
-        overrides, x = ["dataset=celebahq256", "dataset.image_size=64", "net=unet_gen"], torch.randn(3, 3, 64, 64)
+        overrides, x = ["dataset=celebahq256", "dataset.image_size=64", "net=unet_gen", "net.attn_resolutions=[16]"], \
+            torch.randn(3, 3, 64, 64)
     else:
         overrides, x = ["dataset=mnist", "net=unet_gen"], torch.randn(3, 1, 32, 32)
     cfg = compose_cfg(["model=siddm", f"discriminator={option}", "schedule=ddgan_vp", "diffusion.steps=4", *overrides])

@@ -78,8 +78,11 @@ class StepSampler:
     def settings(self) -> dict:
         """What ran, for metrics.json and tables: sampler, sub-sequence, S, NFE (network evaluations per
         sample), sequential depth (network calls one after the other) and the rule's parameters."""
-        return {"sampler": self.name, "subsequence": self.subsequence, "steps": self.steps or self.nfe,
-                "nfe": self.nfe, "depth": self.nfe, "clip_x0": self.clip_x0}
+        out = {"sampler": self.name, "subsequence": self.subsequence, "steps": len(self.timesteps),
+               "nfe": self.nfe, "depth": self.nfe, "clip_x0": self.clip_x0}
+        if self.steps is not None and self.steps != len(self.timesteps):  # the spacing could not give S steps
+            out["steps_requested"] = self.steps
+        return out
 
     def clipped(self, predict: PredictFn) -> PredictFn:
         """``predict`` with x0' clipped to [-clip_x0, clip_x0] and ε' re-derived (unchanged without clip_x0)."""
@@ -174,8 +177,8 @@ class DDIMSampler(StepSampler):
             self.sigma_hat = True
             self.eta = 1.0
         else:
-            if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0:
-                raise ConfigError(f"sampler.eta={eta!r} is invalid: expected a number >= 0 or 'sigma_hat'")
+            if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < float("inf"):
+                raise ConfigError(f"sampler.eta={eta!r} is invalid: expected a finite number >= 0 or 'sigma_hat'")
             self.sigma_hat = False
             self.eta = float(eta)
         super().__init__(diffusion, steps, subsequence, clip_x0)

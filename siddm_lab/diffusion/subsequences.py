@@ -185,4 +185,10 @@ def plan(T: int, steps: int | None, spec=None) -> tuple[str, list[int]]:
                           f"whole reverse process; a one-step sampler starts at T-1: subsequence=trailing")
     if name == "full":
         spec = {k: v for k, v in spec.items() if k == "keep_duplicates"}
-    return name, make_timesteps(name, T, steps, **spec)
+    seq = make_timesteps(name, T, steps, **spec)
+    if name == "uniform" and len(seq) != steps:
+        exact = [n for n in ("leading", "linspace", "trailing") if len(make_timesteps(n, T, steps)) == steps]
+        log.warning("subsequence 'uniform' with sampler.steps=%d runs %d steps on T=%d (range(0, T, T//S) with "
+                    "T//S=%d); what ran is recorded (steps=%d, steps_requested=%d). Spacings that run exactly %d "
+                    "steps: %s", steps, len(seq), T, T // steps, len(seq), steps, steps, ", ".join(exact))
+    return name, seq

@@ -194,9 +194,12 @@ class DiffusionModule(L.LightningModule):
         if self.members is not None:
             bad = [s for s, v in zip(self.member_seeds, value.tolist()) if not torch.isfinite(torch.tensor(v))]
             name = f"{name} of the ensemble members with seeds {bad}"
+        # at step 0 of a fresh run nothing has been trained, so no checkpoint is written (ExceptionCheckpoint)
+        kept = ("no checkpoint is written: nothing had been trained yet" if self.global_step == 0
+                else "the last checkpoint is kept")
         raise NonFiniteLossError(
             f"loss '{name}' is {value.item() if value.numel() == 1 else 'non-finite'} at step "
-            f"{self.global_step}; training stopped before the update (the last checkpoint is kept). "
+            f"{self.global_step}; training stopped before the update ({kept}). "
             f"Lower the learning rate or enable gradient clipping."
         )
 

@@ -26,7 +26,7 @@ from siddm_lab.diffusion.distillation import (
 )
 from siddm_lab.diffusion.gamma import GammaDiffusion
 from siddm_lab.diffusion.subsequences import plan as make_plan
-from siddm_lab.errors import ConfigError
+from siddm_lab.errors import ConfigError, renamed
 from siddm_lab.models.ddpm import DDPM
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,10 @@ class ProgressiveDistillation(Distillation):
         if isinstance(steps_per_round, bool) or not isinstance(steps_per_round, int) or steps_per_round < 1:
             raise ConfigError(f"distill.steps_per_round={steps_per_round!r} is invalid: expected a positive integer")
         spec = dict(subsequence or {"name": "trailing"})
-        _, teacher_plan = make_plan(self.diffusion.num_timesteps, teacher_steps, spec)
+        try:
+            _, teacher_plan = make_plan(self.diffusion.num_timesteps, teacher_steps, spec)
+        except ConfigError as e:
+            raise renamed(e, "sampler.steps", "distill.teacher_steps") from None
         self.plans = halving_plans(teacher_plan, rounds)
         self.rounds, self.steps_per_round = rounds, steps_per_round
         self.objectives = [ProgressiveDistillationLoss(p, weighting, clip_x0) for p in self.plans]
@@ -209,8 +212,11 @@ class KnowledgeDistillation(Distillation):
         if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
             raise ConfigError(f"distill.num_pairs={num_pairs!r} is invalid: expected a positive integer")
         spec = dict(subsequence or {"name": "uniform"})
-        self.teacher_sampler = DDIMSampler(self.diffusion, eta=0.0, steps=teacher_steps, subsequence=spec,
-                                           clip_x0=clip_x0)
+        try:
+            self.teacher_sampler = DDIMSampler(self.diffusion, eta=0.0, steps=teacher_steps, subsequence=spec,
+                                               clip_x0=clip_x0)
+        except ConfigError as e:
+            raise renamed(e, "sampler.steps", "distill.teacher_steps") from None
         self.num_pairs, self.pairs_seed, self.pairs_batch_size = num_pairs, pairs_seed, pairs_batch_size
         self.objective_kd = KnowledgeDistillationLoss()
         self.pairs: tuple[torch.Tensor, torch.Tensor] | None = None

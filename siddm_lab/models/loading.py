@@ -79,6 +79,41 @@ def allowed_targets(conf_dir=CONF_DIR) -> frozenset[str]:
     return frozenset(t for t in found if "${" not in t) | FORMER_TARGETS
 
 
+@functools.cache
+def model_targets(conf_dir=CONF_DIR) -> frozenset[str]:
+    """The ``_target_`` values that may build a checkpoint's model (``model._target_``): those of the model
+    options (``conf/model``) and of the distillation students (``conf/distill``, a student run's ``model``).
+    Another target of the project's configs (a logger, an optimizer, a net) is allowed elsewhere in the tree,
+    not as the model."""
+    found = set()
+    for group in ("model", "distill"):
+        for p in (Path(conf_dir) / group).glob("*.yaml"):
+            node = yaml.safe_load(p.read_text())
+            if isinstance(node, dict) and isinstance(node.get("_target_"), str):
+                found.add(node["_target_"])
+    return frozenset(t for t in found if "${" not in t)
+
+
+def _groups_using(target: str, conf_dir=CONF_DIR) -> list[str]:
+    """The config groups (folders of ``conf/``) whose options name ``target``."""
+    return sorted({p.relative_to(conf_dir).parts[0] for p in Path(conf_dir).rglob("*.yaml")
+                   if target in set(_conf_targets(yaml.safe_load(p.read_text())))})
+
+
+def _check_model_target(config, path) -> None:
+    model = config.get("model")
+    target = model.get("_target_") if isinstance(model, dict) else None
+    if not isinstance(model, dict) or target is None:
+        raise CheckpointError(f"refusing to load {path}: its stored config has no model._target_ (the model class "
+                              f"siddm-train records)")
+    if target not in model_targets():
+        used = ", ".join(_groups_using(target)) or "no group"
+        raise CheckpointError(
+            f"refusing to load {path}: its stored config sets model._target_={target!r}, which the project's configs "
+            f"use elsewhere ({used}), not as a model, so nothing was built. Allowed at model._target_: "
+            f"{', '.join(sorted(model_targets()))}")
+
+
 def _key(parent: str, key) -> str:
     if isinstance(key, int):
         return f"{parent}[{key}]"
@@ -147,6 +182,7 @@ def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", m
         raise CheckpointError(f"weights={weights!r} is unknown; allowed: {', '.join(WEIGHTS)}")
     ckpt = load_checkpoint(path)
     check_stored_config(ckpt["siddm_config"], path)
+    _check_model_target(ckpt["siddm_config"], path)
     cfg = OmegaConf.create(ckpt["siddm_config"])
     state = ckpt["state_dict"]
     if weights == "raw":

@@ -155,6 +155,13 @@ class UNet(nn.Module):
         check_int("net.cond_dim", cond_dim, 0)
         check_number("net.dropout", dropout, lambda v: 0 <= v < 1, "a number in [0, 1)")
         _check_size(image_size, channel_mult)
+        level_res = [image_size // 2**level for level in range(len(channel_mult))]
+        unmatched = [r for r in attn_resolutions if r not in level_res]
+        if unmatched:  # they would be dropped silently: no level gets attention at that resolution
+            raise ConfigError(f"net.attn_resolutions={list(attn_resolutions)} holds {unmatched}, the resolution of no "
+                              f"level of this UNet: its levels are {level_res} pixels (net.image_size={image_size} "
+                              f"halved per further entry of net.channel_mult); allowed: a list of these, or [] "
+                              f"(attention in the middle block only)")
         check_group_norm("net", ch, channel_mult, _norm_channels(ch, channel_mult, num_res_blocks), norm_groups)
         # attention: the middle block's, and that of each level whose resolution is in attn_resolutions
         mid = ch * channel_mult[-1] if num_res_blocks else ch

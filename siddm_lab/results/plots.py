@@ -58,6 +58,16 @@ def plot_curves(rows: list[dict], sweep_dir: Path, metric: str, group: str | Non
     return path
 
 
+def check_log_axis(rows: list[dict], metric: str) -> None:
+    """A log metric axis needs every plotted value > 0: a DataError names each job that has another."""
+    bad = [(r.get("job", "?"), r[metric]) for r in rows
+           if metric in r and "nfe" in r and not float(r[metric]) > 0]
+    if bad:
+        shown = "; ".join(f"{job}: {metric}={v}" for job, v in bad[:10]) + ("; ..." if len(bad) > 10 else "")
+        raise DataError(f"a log axis needs {metric} > 0, and {len(bad)} job(s) have another value ({shown}): plot "
+                        f"without --logy, or collect without those jobs")
+
+
 def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, title: str = "",
                 log_y: bool = False) -> Path | None:
     """``metric`` against NFE (log x), one line per ``group`` value; ``log_y`` puts the metric on a log axis too
@@ -73,10 +83,8 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
             series[str(r.get(group, "")) if group else ""].append((float(r["nfe"]), float(r[metric])))
     if not series:
         return None
-    bad = sorted({v for pts in series.values() for _, v in pts if not v > 0}) if log_y else []
-    if bad:
-        raise DataError(f"a log axis needs {metric} > 0; the jobs have {', '.join(map(str, bad))}: plot without "
-                        f"--logy")
+    if log_y:
+        check_log_axis(rows, metric)
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
     for name in sorted(series, key=_sort_key):
         by_nfe = defaultdict(list)  # repeats of a cell (seeds): their mean ± std, and each as a faint dot

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from siddm_lab.errors import ConfigError, DataError
 from siddm_lab.results.jobs import collect
-from siddm_lab.results.plots import plot_bars, plot_curves, plot_scatter, plot_vs_nfe
+from siddm_lab.results.plots import check_log_axis, plot_bars, plot_curves, plot_scatter, plot_vs_nfe
 from siddm_lab.results.tables import baseline_comparison, listing, load_paper, pivot
 
 # What the baseline comparison and the scatter titles read as numbers (see ``collect``'s ``numeric``).
@@ -44,17 +44,13 @@ def write_report(sweep_dir, out=None, *, row_key: str | None = None, col_key: st
     numeric = [*metrics, "nfe", *(BASELINE_METRICS if baseline else ()), *(("sample_seconds",) if scatter else ())]
     rows, problems = collect(sweep_dir, numeric=numeric)
     out = Path(out or sweep_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     if not rows:
         raise DataError(f"no job with a usable metrics.json under {given}"
                         + (" (see the warnings above)" if problems else ""))
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    csv_rows = [dict(r) for r in rows]  # as collected (before combined keys are added)
     for flag, key in (("--rows", row_key), ("--cols", col_key), ("--group", group)):
         for part in (key or "").split(","):
             if part and part not in keys:
@@ -71,6 +67,14 @@ def write_report(sweep_dir, out=None, *, row_key: str | None = None, col_key: st
     if col_key and len(metrics) != 1:
         raise ConfigError("--metric takes one metric with --cols (a pivot table); got " + ",".join(metrics))
     paper = load_paper(paper) if paper else None
+    if log_y:
+        check_log_axis(rows, metrics[0])
+    # every check has passed: only now is anything written (a failed collect leaves --out as it was)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(csv_rows)
     report = SweepReport(rows, problems, [out / "results.csv"])
     if row_key:
         values = paper["values"] if paper else None
