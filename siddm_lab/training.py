@@ -14,7 +14,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from siddm_lab.errors import ConfigError
+from siddm_lab.callbacks.checkpoint import ExceptionCheckpoint
+from siddm_lab.callbacks.signals import EXIT_STATUS, SignalStop, wait_for_launching_rank
+from siddm_lab.errors import ConfigError, NonFiniteSamplesError
 from siddm_lab.utils.loggers import adopt_csv_header, log
 from siddm_lab.utils.run_files import write_json
 
@@ -22,12 +24,39 @@ from siddm_lab.utils.run_files import write_json
 def eval_samplers(cfg: DictConfig, model) -> list:
     """The samplers of the final evaluation: ``sampler`` bound to the model's process, once per step
     count of ``eval.steps`` (null = ``sampler.steps``; a list evaluates each, the first is the primary)."""
+    return _eval_samplers(cfg, model.diffusion)
+
+
+def _eval_samplers(cfg: DictConfig, diffusion) -> list:
     factory = instantiate(cfg.sampler)
     steps = cfg.eval.get("steps")
     if steps is None:
-        return [factory(diffusion=model.diffusion)]
-    steps = [steps] if isinstance(steps, int) else list(steps)
-    return [factory(diffusion=model.diffusion, steps=int(k)) for k in steps]
+        return [factory(diffusion=diffusion)]
+    shown = steps if isinstance(steps, int) else list(steps)
+    samplers = []
+    for k in [steps] if isinstance(steps, int) else list(steps):
+        try:
+            samplers.append(factory(diffusion=diffusion, steps=int(k)))
+        except ConfigError as e:  # the sampler names the key it was given (sampler.steps): name eval.steps
+            what = str(e)
+            for key in (f"sampler.steps={k!r}", f"sampler.steps={k}"):
+                what = what.replace(key, f"eval.steps={shown}" if isinstance(steps, int) else f"{k}")
+            raise ConfigError(what if isinstance(steps, int) else f"eval.steps={shown}: the step count {what}") \
+                from None
+    return samplers
+
+
+def check_samplers(cfg: DictConfig) -> None:
+    """Build the evaluation's samplers for the run's process before anything is written or trained: a
+    step count that the sampler refuses (``sampler.steps``, ``eval.steps``) stops the run at its start."""
+    from siddm_lab.diffusion import GaussianDiffusion
+
+    spec = cfg.model.get("diffusion") if "model" in cfg else None
+    if spec is None:
+        return
+    spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
+    diffusion = instantiate(spec) if "_target_" in spec else GaussianDiffusion.from_schedule(**spec)
+    _eval_samplers(cfg, diffusion)
 
 
 def evaluate_model(model, datamodule, cfg: DictConfig, out_dir: Path) -> list[dict]:
@@ -96,6 +125,7 @@ def build_trainer(cfg: DictConfig, callbacks, loggers, model=None) -> L.Trainer:
       (Lightning #11300, Hydra #2070): the job spawns its processes instead (one output dir per job, a
       failing rank fails the job). Processes started by SLURM or torchrun are used as they are.
     """
+    callbacks = [*callbacks, SignalStop()]  # not a config option: how a run stops on a signal
     strategy = cfg.trainer.get("strategy")
     if not (OmegaConf.is_dict(strategy) and str(strategy.get("_target_", "")).endswith("DDPStrategy")):
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -128,18 +158,85 @@ def _sigusr1_as_sigterm() -> None:
     signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
 
 
+def _callback(trainer: L.Trainer, kind):
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+def _started_by_rank_zero(trainer: L.Trainer) -> bool:
+    """Whether this process is a rank that rank 0 started by re-running the command."""
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    return (trainer.local_rank > 0 and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
+            and not _processes_started_outside())
+
+
+def _stopped(trainer: L.Trainer, stop: SignalStop, out_dir: Path, parent_pid: int, after_training: bool = False):
+    """End a run stopped by a termination signal: one message (rank 0), exit status 143."""
+    if trainer.is_global_zero:
+        saved = getattr(_callback(trainer, ExceptionCheckpoint), "saved", None)
+        if after_training:
+            where = (f"after its last training iteration ({trainer.global_step}), before the final evaluation; "
+                     f"{out_dir / 'checkpoints' / 'last.ckpt'} holds the trained model: evaluate it with "
+                     f"ckpt_path=last (same hydra.run.dir)")
+        elif _spawned_ranks(trainer):
+            newest = previous_checkpoints(out_dir)
+            where = ("in the ranks this process spawned (ddp_spawn), which write no on_exception.ckpt"
+                     + (": continue from the newest checkpoint with ckpt_path=last (same hydra.run.dir)" if newest
+                        else ", and no periodic checkpoint had been written: nothing to resume from"))
+        elif saved:
+            where = (f"at step {trainer.global_step}; the checkpoint is {saved}; continue with ckpt_path=last "
+                     f"(same hydra.run.dir)")
+        else:
+            newest = previous_checkpoints(out_dir)
+            where = (f"at step {trainer.global_step}, before this run completed a training iteration: no new "
+                     f"checkpoint" + ("; continue from the newest with ckpt_path=last (same hydra.run.dir)"
+                                      if newest else "; nothing to resume from (start the run again)"))
+        log.error("stopped by a termination signal %s", where)
+    elif _started_by_rank_zero(trainer):
+        wait_for_launching_rank(parent_pid, stop.grace_seconds)
+    raise SystemExit(EXIT_STATUS)
+
+
+def _spawned_ranks(trainer: L.Trainer) -> bool:
+    """Whether this process spawned the ranks that trained (``ddp_spawn``; it trained nothing itself)."""
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    launcher = trainer.strategy.launcher
+    return isinstance(launcher, _MultiProcessingLauncher) and bool(launcher.procs)
+
+
+def previous_checkpoints(out_dir: Path) -> list[Path]:
+    return [p for p in (out_dir / "checkpoints" / "last.ckpt", out_dir / "checkpoints" / "on_exception.ckpt")
+            if p.is_file()]
+
+
 def fit(trainer: L.Trainer, model, datamodule, ckpt_path, out_dir: Path) -> dict:
-    """``trainer.fit`` (a termination signal or SIGUSR1 stops it with the on-exception checkpoint and exit
-    status 143), then the run's training metrics: wall time, iterations, the last logged train/val values."""
+    """``trainer.fit`` (a termination signal or SIGUSR1 stops it on every rank before the same iteration,
+    with the on-exception checkpoint and exit status 143: ``SignalStop``), then the run's training
+    metrics: wall time, iterations, the last logged train/val values."""
     t0 = time.perf_counter()
     _sigusr1_as_sigterm()
+    stop = _callback(trainer, SignalStop)
+    parent_pid = os.getppid()
+    if stop is not None:
+        stop.install(trainer)  # from here on (the ranks' start-up included) a signal is a request to stop
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        log.error("stopped by a termination signal at step %d; the checkpoint is %s; continue with "
-                  "ckpt_path=last (same hydra.run.dir)", trainer.global_step,
-                  out_dir / "checkpoints" / "on_exception.ckpt")
-        raise SystemExit(128 + signal.SIGTERM) from None
+        _stopped(trainer, stop, out_dir, parent_pid)
+    except Exception:
+        if stop is None or not stop.requested:
+            raise
+        # the process that spawned its ranks (ddp_spawn) forwarded the signal: they exited with 143
+        _stopped(trainer, stop, out_dir, parent_pid)
+    finally:
+        if stop is not None:
+            stop.restore()
+    if stop is not None and stop.requested:  # the signal came after the last iteration's check
+        if not trainer.is_global_zero:
+            stop.cancel()  # nothing left to do on this rank; rank 0 ends the job
+        else:
+            _stopped(trainer, stop, out_dir, parent_pid, after_training=True)
     train_seconds = time.perf_counter() - t0
     if trainer.interrupted:
         log.warning("training was interrupted at step %d; checkpoints are in %s", trainer.global_step,
@@ -157,7 +254,14 @@ def fit(trainer: L.Trainer, model, datamodule, ckpt_path, out_dir: Path) -> dict
 def finish(trainer: L.Trainer, model, datamodule, cfg: DictConfig, out_dir: Path, metrics: dict) -> dict:
     """Evaluate (``evaluate_model``), write metrics.json per model, send the final metrics to the loggers.
     Returns the run's metrics (the members' mean and each member's for an ensemble)."""
-    per_model = [{**metrics, **r} for r in evaluate_model(model, datamodule, cfg, out_dir)]
+    try:
+        per_model = [{**metrics, **r} for r in evaluate_model(model, datamodule, cfg, out_dir)]
+    except NonFiniteSamplesError as e:
+        loss = metrics.get("train/loss")
+        raise NonFiniteSamplesError(f"the final evaluation stopped: {e}"
+                                    + (f" (the last logged training loss is {loss:.3g})" if loss is not None else "")
+                                    + f"; no metrics.json is written, the checkpoints in {out_dir / 'checkpoints'} "
+                                      f"are kept") from None
     for result in per_model:
         write_json(Path(result.pop("dir")) / "metrics.json", result)
         shown = {k: result[k] for k in ("seed", "modes_covered", "hq_ratio", "mode_kl", "fd_2d", "mmd_poly2",

@@ -4,6 +4,7 @@ output folder per job. Slow: each run starts two Python processes."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -128,3 +129,113 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     for job in jobs:
         assert json.loads((job / "metrics.json").read_text())["global_step"] == 6
     assert (sweep / ".submitit").is_dir()  # submitit's job folders (logs, pickled jobs)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _group_alive(pgid: int, wait: float = 0.0) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, which a container's init may leave
+    unreaped, do not count), waiting up to ``wait`` seconds for the group to end."""
+    import time
+
+    def running() -> bool:
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = open(stat).read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        return False
+
+    deadline = time.monotonic() + wait
+    while running():
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _signal_ddp_run(out_dir, *, moment: str, delay: float, to: str, max_seconds: int = 90):
+    """A 2-process toy DDP run stopped by SIGTERM sent to rank 0, rank 1 or both, ``delay`` seconds after
+    ``moment`` ("training": the first iteration; "start-up": rank 0 has started rank 1). Returns the
+    exit status and the output; fails the test if the job outlives the signal by ``max_seconds``."""
+    import time
+
+    args = ["model=ddpm", *TINY, "model.eval_num_samples=0", "diffusion.steps=50", "trainer=ddp_cpu",
+            "trainer.max_steps=20000", "trainer.val_check_interval=1000", f"hydra.run.dir={out_dir}"]
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "siddm_lab.train", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        log = out_dir / "train.log"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if moment == "training" and log.is_file() and "training started" in log.read_text():
+                break
+            if moment == "start-up" and _children(proc.pid):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before the signal"
+        time.sleep(delay)
+        ranks = {"rank0": [proc.pid], "rank1": _children(proc.pid)[:1],
+                 "both": [proc.pid, *_children(proc.pid)[:1]]}[to]
+        assert len(ranks) == (2 if to == "both" else 1), ranks
+        for pid in ranks:
+            os.kill(pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=max_seconds)  # returns once every rank has closed the pipe
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            pytest.fail(f"the job was still running {max_seconds} s after SIGTERM to {to}: {out[-3000:]}")
+        assert not _group_alive(proc.pid, wait=10), "a rank outlived the job"
+        return proc.returncode, out
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("to,delay", [("rank0", 0.0), ("rank0", 2.5), ("rank0", 6.0), ("both", 0.0),
+                                      ("both", 1.5), ("both", 4.0), ("rank1", 1.0)])
+def test_sigterm_stops_every_ddp_rank_with_a_checkpoint(tmp_path, to, delay):
+    """SIGTERM to rank 0 alone (``kill``), to both ranks (what SLURM sends before pre-emption) or to rank 1,
+    at several moments of training: every rank stops before the same iteration, on_exception.ckpt is
+    written, and the job exits with 143 (it hung in a collective started inside Lightning's signal
+    handler, depending on the moment)."""
+    rc, out = _signal_ddp_run(tmp_path, moment="training", delay=delay, to=to)
+    assert rc == 143, out[-3000:]
+    assert "stopped by a termination signal at step" in out and "ckpt_path=last" in out, out[-3000:]
+    assert out.count("stopped by a termination signal") == 1, out[-3000:]  # one message, from rank 0
+    ckpt = torch.load(tmp_path / "checkpoints" / "on_exception.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] > 0
+    assert f"at step {ckpt['global_step']};" in out
+    assert "Traceback" not in out and "weights_only` was not set" not in out, out[-3000:]
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_sigterm_during_ddp_start_up_ends_the_job(tmp_path):
+    """SIGTERM to rank 0 while it starts rank 1: the job ends with 143 before any iteration, saying that
+    there is nothing to resume from."""
+    rc, out = _signal_ddp_run(tmp_path, moment="start-up", delay=0.5, to="rank0")
+    assert rc == 143, out[-3000:]
+    assert "before this run completed a training iteration" in out, out[-3000:]
+    assert "nothing to resume from" in out, out[-3000:]
+    assert not (tmp_path / "checkpoints" / "on_exception.ckpt").exists()
+
+
+def test_a_ddp_run_stopped_by_sigterm_resumes_with_ckpt_path_last(tmp_path):
+    rc, out = _signal_ddp_run(tmp_path, moment="training", delay=1.0, to="both")
+    assert rc == 143, out[-3000:]
+    step = torch.load(tmp_path / "checkpoints" / "on_exception.ckpt", weights_only=True,
+                      map_location="cpu")["global_step"]
+    rc, out = _cli_bounded("model=ddpm", *TINY, "model.eval_num_samples=0", "diffusion.steps=50", "trainer=ddp_cpu",
+                           f"trainer.max_steps={step + 8}", "trainer.val_check_interval=1000", "ckpt_path=last",
+                           f"hydra.run.dir={tmp_path}", timeout=300)
+    assert rc == 0, out[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == step + 8

@@ -47,14 +47,21 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
     def __init__(self, dirpath, filename: str = "on_exception") -> None:
         super().__init__(dirpath, filename)
         self._trained = False
+        self.saved: str | None = None  # the checkpoint written by this run, if any
 
     def setup(self, trainer, pl_module, stage) -> None:
         self._trained = False
+        self.saved = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._trained = True
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        stopping = any(getattr(c, "requested", False) for c in trainer.callbacks if type(c).__name__ == "SignalStop")
+        if stopping and not isinstance(exception, SIGTERMException):  # ranks spawned by this process stopped
+            log.info("the spawned ranks stopped on the signal; they write no on_exception.ckpt (the newest checkpoint "
+                     "is %s/last.ckpt)", self.dirpath)
+            return
         if trainer.world_size > 1 and not isinstance(exception, SIGTERMException):
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 who = f"rank {trainer.global_rank} failed at step {trainer.global_step} " \
@@ -70,7 +77,10 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
             log.info("no training iteration completed: no on_exception.ckpt (nothing to resume from)")
             return
         self._settle_batch_counters(trainer)
-        super().on_exception(trainer, pl_module, exception)
+        # the whole state (optimizers, loops, callbacks): said explicitly, as Lightning otherwise logs that
+        # `weights_only` "was not set, defaulting to False", which reads like an unsafe load
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+        self.saved = self.ckpt_path
 
     @staticmethod
     def _settle_batch_counters(trainer) -> None:
