@@ -69,3 +69,66 @@ def test_collect_logs_table_and_plots(tmp_path, monkeypatch):
 def _no_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+@pytest.fixture
+def unanswering_server():
+    """A W&B server address that accepts connections and never answers (a node without internet, where
+    connections hang, behaves the same for W&B)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_wandb_with_a_key_and_no_network_times_out_and_logs_offline(tmp_path, unanswering_server):
+    """logger=wandb with an API key but no answer from W&B: the run waited at "setting up run" with no
+    message. It now gives up after W&B's init timeout, says so, and logs offline; the hint names the
+    offline run's folder."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY="a" * 40, WANDB_BASE_URL=unanswering_server, WANDB_INIT_TIMEOUT="3",
+               HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "siddm_lab.train", "logger=wandb", "trainer.enable_progress_bar=false",
+                        *TINY_TOY, "trainer.max_steps=4", "trainer.val_check_interval=4",
+                        f"hydra.run.dir={tmp_path / 'run'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "W&B did not answer within 3 s (its init timeout" in out and "Logging offline instead" in out, out[-3000:]
+    (run_dir,) = _offline_runs(tmp_path / "run")
+    assert f"upload it with `wandb sync {run_dir}`" in out, out[-3000:]
+    assert read_wandb_offline_run(run_dir)["run"]["job_type"] == "train"
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_offline_hint_names_the_runs_folder(tmp_path):
+    """Without credentials the run logs offline; the `wandb sync` hint names that run's folder (it named the
+    job folder, which `wandb sync` does not take)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env.update(OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "siddm_lab.train", "logger=wandb", "trainer.enable_progress_bar=false",
+                        *TINY_TOY, "trainer.max_steps=2", "trainer.val_check_interval=2",
+                        f"hydra.run.dir={tmp_path / 'run'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    (run_dir,) = _offline_runs(tmp_path / "run")
+    assert f"wandb sync {run_dir}`" in out and "no W&B credentials found" in out, out[-3000:]

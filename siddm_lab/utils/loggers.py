@@ -46,12 +46,46 @@ def run_identity(cfg: DictConfig) -> tuple[str, list[str]]:
     return (",".join(o.lstrip("+~") for o in kept) or str(cfg.get("task_name") or "run"))[:128], tags
 
 
-def wandb_settings(out_dir) -> None:
+def wandb_settings(out_dir=None) -> None:
     """Offline W&B (WANDB_MODE=offline) when there are no credentials, instead of a login prompt."""
     if not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
-        log.warning("no W&B credentials found: logging offline (WANDB_MODE=offline); "
-                    "sync later with `wandb sync %s`", out_dir)
+        log.warning("no W&B credentials found: logging offline (WANDB_MODE=offline)")
         os.environ["WANDB_MODE"] = "offline"
+
+
+def _wandb_init_timeout() -> float:
+    """W&B's init timeout (its setting ``init_timeout``, from WANDB_INIT_TIMEOUT; 90 s by default)."""
+    import wandb
+
+    try:
+        return float(wandb.setup().settings.init_timeout)
+    except Exception:  # noqa: BLE001 - only used in a message
+        return float("nan")
+
+
+def start_wandb(init):
+    """``init(mode)`` starts a W&B run (``mode=None``: as configured) and returns ``(value, run)``. A run
+    that cannot start online, e.g. on a compute node without network, where W&B waits for its init timeout
+    and then raises, is started again offline, with a warning that says so; an offline run's folder is
+    logged with the command that uploads it."""
+    import wandb
+
+    try:
+        value, run = init(None)
+    except wandb.Error as e:
+        if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        timed_out = any(w in first.lower() for w in ("timed out", "deadline exceeded", "timeout"))
+        why = (f"W&B did not answer within {_wandb_init_timeout():g} s (its init timeout; WANDB_INIT_TIMEOUT sets "
+               f"it): {first}" if timed_out else f"W&B could not start the run online: {first}")
+        log.warning("%s. Logging offline instead (no network on this machine?)", why)
+        value, run = init("offline")
+    if getattr(run, "offline", None) is True:  # (ranks other than 0 hold a stand-in that answers anything)
+        sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
+        if sync_dir:
+            log.info("W&B logs this run offline to %s: upload it with `wandb sync %s`", sync_dir, sync_dir)
+    return value, run
 
 
 def wandb_log_job(*, job_type: str, group: str, name: str, tags: list[str], config: dict, metrics: dict,
@@ -61,9 +95,15 @@ def wandb_log_job(*, job_type: str, group: str, name: str, tags: list[str], conf
     ``wandb.finish()``. Project/entity from WANDB_PROJECT / WANDB_ENTITY (default project siddm_lab)."""
     import wandb
 
-    wandb_settings(out_dir)
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "siddm_lab"), entity=os.environ.get("WANDB_ENTITY"),
-                     group=group, job_type=job_type, name=name, tags=tags, config=config, dir=str(out_dir))
+    wandb_settings()
+
+    def init(mode):
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "siddm_lab"), entity=os.environ.get("WANDB_ENTITY"),
+                         group=group, job_type=job_type, name=name, tags=tags, config=config, dir=str(out_dir),
+                         **({"mode": mode} if mode else {}))
+        return run, run
+
+    run, _ = start_wandb(init)
     try:
         data = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         data.update({f"{job_type}/{Path(p).stem}": wandb.Image(str(p)) for p in images if Path(p).is_file()})
@@ -116,12 +156,18 @@ def build_loggers(cfg: DictConfig):
     for sub in lcfg.values():
         if sub is None or "_target_" not in sub:
             continue
-        kwargs = {}
         if "Wandb" in sub["_target_"]:
-            wandb_settings(cfg.paths.output_dir)
+            wandb_settings()
             name, tags = run_identity(cfg)
             kwargs = {"name": sub.get("name") or name, "tags": list(sub.get("tags") or []) + tags}
-        loggers.append(instantiate(sub, **kwargs))
+
+            def init(mode, sub=sub, kwargs=kwargs):
+                logger = instantiate(sub, **kwargs, **({"mode": mode} if mode else {}))
+                return logger, logger.experiment  # starts the run (rank 0; other ranks get a stand-in)
+
+            loggers.append(start_wandb(init)[0])
+        else:
+            loggers.append(instantiate(sub))
     adopt_csv_header(loggers)  # before anything opens the CSV writer
     for logger in loggers:  # the resolved config: W&B run config, CSV hparams.yaml
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
