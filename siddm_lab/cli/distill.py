@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from siddm_lab.cli.common import CONF_DIR, optimized_value, user_errors
 from siddm_lab.cli.train import train
+from siddm_lab.config import validate
 from siddm_lab.errors import ConfigError
 from siddm_lab.models.distill import ProgressiveDistillation
 from siddm_lab.models.loading import load_model
@@ -43,6 +44,7 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
 
 
 def distill(cfg: DictConfig) -> dict:
+    validate(cfg)  # the distillation's own keys (distill.*), named as the user sets them
     # the frozen teacher stays in eval mode (Lightning warns about any module in eval mode at the start)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     teacher, teacher_cfg = load_model(cfg.teacher, cfg.weights)

@@ -30,7 +30,7 @@ from siddm_lab.models.distill import Distillation
 from siddm_lab.models.loading import load_model
 from siddm_lab.utils.loggers import run_identity, wandb_log_job
 from siddm_lab.utils.measure import Measure
-from siddm_lab.utils.run_files import write_json, write_resolved_config
+from siddm_lab.utils.run_files import accept_output_dir, write_json, write_resolved_config
 from siddm_lab.utils.threads import apply_threads
 
 MODES = ("sample", "interpolate", "reconstruct", "invert")
@@ -38,13 +38,38 @@ GENERATOR_TARGET = "siddm_lab.diffusion.GeneratorChain"
 STUDENT_TARGET = "siddm_lab.models.distill.student_sampler"
 
 
-def _device(name: str) -> torch.device:
+DEVICES = "auto, cpu, cuda or cuda:<index>"
+
+
+def _device(name) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(str(name))
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is invalid: expected {DEVICES}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"allowed: {DEVICES} (index < {torch.cuda.device_count()})")
     return dev
+
+
+# Files of an earlier result in a siddm-sample folder (or of a training run, whose folder is no place to sample)
+RESULT_FILES = ("metrics.json", "samples.npz", "config.yaml")
+
+
+def _refuse_earlier_results(out_dir: Path) -> None:
+    """A sample run never writes over an earlier result: refused before anything is written."""
+    found = [out_dir / name for name in RESULT_FILES if (out_dir / name).is_file()]
+    found += sorted((out_dir / "checkpoints").glob("*.ckpt"))[:2]
+    if found:
+        names = ", ".join(str(p.relative_to(out_dir)) for p in found)
+        raise ConfigError(f"{out_dir} already holds an earlier result ({names}) and this run would overwrite it: "
+                          f"sample into another folder (hydra.run.dir=<new folder>), or move that result away first")
 
 
 def _datamodule(run_cfg: DictConfig, data_dir):
@@ -60,9 +85,14 @@ def sample(cfg: DictConfig) -> dict:
     apply_threads(cfg.get("threads", "auto"))
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is unknown; allowed: {', '.join(MODES)}")
+    if cfg.mode == "sample" and cfg.metrics and int(cfg.num_samples) < 2:
+        raise ConfigError(f"num_samples={cfg.num_samples} is too few for the metrics (they fit a mean and a "
+                          f"covariance): give num_samples >= 2, or metrics=false to only draw samples")
+    device = _device(cfg.device)
     out_dir = Path(cfg.paths.output_dir)
-    write_resolved_config(cfg, out_dir)
-    model, run_cfg = load_model(cfg.ckpt, cfg.weights, _device(cfg.device), cfg.get("member"))
+    _refuse_earlier_results(out_dir)
+    accept_output_dir(out_dir)
+    model, run_cfg = load_model(cfg.ckpt, cfg.weights, device, cfg.get("member"))
     generator_chain = cfg.sampler.get("_target_") == GENERATOR_TARGET
     if isinstance(model, SIDDM) and model.continuous and not generator_chain:
         raise ConfigError("this checkpoint is a continuous-time diffusion GAN: sample it with sampler=generator "
@@ -106,6 +136,7 @@ def sample(cfg: DictConfig) -> dict:
     else:
         info.update(invert(model, sampler, dm, cfg, out_dir, title))
     info.update(sampler.settings())  # after sampling: a fixed-point sampler's iterations and NFE
+    write_resolved_config(cfg, out_dir)  # with the result: a failed run leaves no config.yaml beside nothing
     write_json(out_dir / "metrics.json", info)
     if cfg.get("wandb"):
         name, tags = run_identity(cfg)

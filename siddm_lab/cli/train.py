@@ -19,9 +19,9 @@ from siddm_lab.cli.common import CONF_DIR, optimized_value, user_errors
 from siddm_lab.config import validate
 from siddm_lab.models.init_from import weights_initialiser
 from siddm_lab.resume import resolve_ckpt_path
-from siddm_lab.training import build_model, build_trainer, finish, fit
+from siddm_lab.training import build_model, build_trainer, check_samplers, finish, fit
 from siddm_lab.utils.loggers import build_callbacks, build_loggers
-from siddm_lab.utils.run_files import write_resolved_config
+from siddm_lab.utils.run_files import accept_output_dir, write_resolved_config
 from siddm_lab.utils.threads import apply_threads, local_processes
 
 
@@ -30,6 +30,7 @@ def train(cfg: DictConfig, init_model=None) -> dict:
     copies its teacher's; else ``init.ckpt``'s nets, ``siddm_lab.models.init_from``), evaluate it and write its
     metrics."""
     validate(cfg)
+    check_samplers(cfg)  # sampler.steps / eval.steps that the process cannot run: refused before any work
     apply_threads(cfg.get("threads", "auto"), local_processes(cfg.get("trainer")))
     # Lightning warns (with a code snippet) that a manually optimised model's checkpoints hold the weights
     # after the step: that is what a resumed run needs, and every model steps that way.
@@ -39,7 +40,9 @@ def train(cfg: DictConfig, init_model=None) -> dict:
     ckpt_path = resolve_ckpt_path(cfg, out_dir)  # before anything is written to out_dir
     if init_model is None and ckpt_path is None:
         init_model = weights_initialiser(cfg)  # init.ckpt: loaded and checked before anything is written
-    if rank_zero_only.rank == 0:  # DDP ranks started by re-running the command share the folder
+    # DDP ranks started by re-running the command share the folder: rank 0 writes the run's files
+    accept_output_dir(out_dir, write_hydra_files=rank_zero_only.rank == 0)
+    if rank_zero_only.rank == 0:
         write_resolved_config(cfg, out_dir)
 
     datamodule = instantiate(cfg.dataset)
