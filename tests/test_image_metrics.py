@@ -266,6 +266,12 @@ def test_save_load_round_trip_identical_logits(tmp_path):
     assert set(ckpt) == {"state_dict", "test_accuracy", "config"} and ckpt["config"]["seed"] == 1
 
 
+def argparse_namespace():
+    import argparse
+
+    return argparse.Namespace(a=1)
+
+
 def test_load_missing_or_corrupt_checkpoint(tmp_path):
     missing = tmp_path / "missing.pt"
     with pytest.raises(CheckpointError, match="does not exist") as e:
@@ -274,8 +280,14 @@ def test_load_missing_or_corrupt_checkpoint(tmp_path):
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pt"):
+    with pytest.raises(CheckpointError, match="garbage.pt") as e:
         load_classifier(garbage)
+    assert "weights_only" not in str(e.value) and "corrupt" in str(e.value)  # no advice to load it unsafely
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"state_dict": {}, "config": argparse_namespace()}, pickled)
+    with pytest.raises(CheckpointError, match="pickled 'argparse.Namespace' object") as e:
+        load_classifier(pickled)
+    assert "weights_only" not in str(e.value)
 
     wrong = tmp_path / "wrong.pt"
     torch.save({"weights": torch.zeros(3)}, wrong)

@@ -190,7 +190,10 @@ def load_classifier(path=None, device="cpu") -> MNISTClassifier:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise CheckpointError(f"{path} is not a readable MNIST classifier checkpoint ({e}); {how}") from e
+        from siddm_lab.models.loading import _unreadable
+
+        # the reason without torch's advice to load the file unsafely
+        raise CheckpointError(f"{_unreadable(path, e)} (the MNIST classifier); {how}") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not an MNIST classifier checkpoint (no 'state_dict' entry); {how}")
     cfg = ckpt.get("config") or {}
