@@ -148,9 +148,9 @@ def main():
     (out / "image_recipes.json").write_text(json.dumps(rows, indent=1))
     lines = ["# The image recipes on the CPU: size, FLOPs, one iteration at the real batch", "",
              f"`python bench/image_recipes.py --threads {args.threads}` (CPU, fp32, {args.threads} thread(s)). "
-             "FLOPs counted by torch's FlopCounterMode over whole iterations (R1 amortised over lazy_reg). "
-             "GPU-hours = FLOPs per iteration x per-GPU batch x iterations x GPUs over an ASSUMED sustained "
-             "rate per GPU (not measured: no GPU here; ../shared/GPU.md item 3 measures it).", "",
+             "FLOPs counted with torch's FLOP formulas over whole siddm_lab iterations at batch 2, scaled to the "
+             "batch (R1 amortised over lazy_reg). GPU-hours = FLOPs per iteration x per-GPU batch x iterations x "
+             "GPUs over an ASSUMED sustained rate per GPU: an estimate until the rate is measured on a GPU.", "",
              "| experiment | G params | D params | GFLOP / sample / iteration | per-GPU batch x GPUs | iterations "
              "| GPU-hours at 50 / 150 TFLOP/s | CPU s / iteration at the real batch | peak RSS GiB |",
              "|---|---|---|---|---|---|---|---|---|"]
