@@ -410,24 +410,11 @@ def test_inception_path_with_local_weights_file(tmp_path, monkeypatch):
     on a few images so features differ between images) whose sha256 the test declares as the expected one."""
     import hashlib
 
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
     from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
     import siddm_lab.metrics.image as image_metrics
 
-    with monkeypatch.context() as m:
-        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
-        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for mod in net.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.momentum = None
-            mod.reset_running_stats()
-    with torch.no_grad():
-        net.train()(torch.cat([blobs(8, 5), blobs(8, 6, shift=5.0)]).expand(-1, 3, -1, -1).contiguous())
-    weights = tmp_path / "fake_inception.pth"
-    torch.save(net.eval().state_dict(), weights)
+    weights, _ = _fake_fid_weights(tmp_path)
     monkeypatch.setattr(image_metrics, "INCEPTION_WEIGHTS_SHA256", hashlib.sha256(weights.read_bytes()).hexdigest())
 
     ref, shifted = blobs(8, 0), blobs(8, 2, shift=5.0)
