@@ -8,7 +8,15 @@ import math
 import pytest
 import torch
 
-from siddm_lab.diffusion import AncestralSampler, DDIMSampler, GaussianDiffusion, RandomSource, sample_loop
+from siddm_lab.diffusion import (
+    AncestralSampler,
+    DDIMSampler,
+    Denoiser,
+    GaussianDiffusion,
+    RandomSource,
+    check_sampler,
+    sample_loop,
+)
 from siddm_lab.diffusion.gamma import GammaDiffusion, centred_gamma
 from siddm_lab.errors import ConfigError
 
@@ -92,9 +100,12 @@ def test_ancestral_sampling_draws_gamma_noise_and_deterministic_ddim_none():
     x_T = d.prior_sample((20_000, 1), torch.Generator().manual_seed(1))
     x = sample_loop(predict, sampler, x_T, sampler.timesteps, generator=torch.Generator().manual_seed(2))
     assert abs(float(x.var()) / s2 - 1) < 0.1
-    with pytest.raises(ConfigError, match="stochastic DDIM is derived for Gaussian noise"):
-        DDIMSampler(d, eta=1.0, steps=10)
-    DDIMSampler(d, eta=0.0, steps=10)
+    # stochastic DDIM's noise is derived for Gaussian noise: refused for this model, deterministic DDIM is not
+    model = Denoiser(d, x0_eps=predict)
+    with pytest.raises(ConfigError, match=r"sampler=ddim needs Gaussian noise \(its process has gamma noise\).*"
+                                          r"fit it: ddpm, ddim \(with other settings\)"):
+        check_sampler(DDIMSampler(d, eta=1.0, steps=10), model)
+    check_sampler(DDIMSampler(d, eta=0.0, steps=10), model)
 
 
 @pytest.mark.parametrize("noise,message", [
@@ -144,7 +155,7 @@ def test_train_and_sample_a_gamma_ddpm_and_refuse_it_for_siddm(tmp_path):
 def test_a_diffusion_gan_with_gamma_noise_is_a_one_line_error(capsys):
     from hydra.utils import instantiate
 
-    from siddm_lab.cli.common import user_errors
+    from siddm_lab.utils.entry import user_errors
     from tests.helpers import compose_cfg
 
     cfg = compose_cfg(["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "noise=gamma"])

@@ -3,7 +3,7 @@ training objectives."""
 
 from siddm_lab.diffusion.continuous import CosineContinuousTime
 from siddm_lab.diffusion.fixed_point import DEQSampler, PicardSampler, anderson
-from siddm_lab.diffusion.gamma import GammaDDIMSampler, GammaDiffusion
+from siddm_lab.diffusion.gamma import GammaDiffusion
 from siddm_lab.diffusion.gaussian import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, extract
 from siddm_lab.diffusion.inversion import Inversion, decode_backprop, ift_gradient
 from siddm_lab.diffusion.losses import (
@@ -17,12 +17,19 @@ from siddm_lab.diffusion.losses import (
 )
 from siddm_lab.diffusion.rng import RandomSource
 from siddm_lab.diffusion.samplers import (
+    REQUIREMENTS,
     SAMPLERS,
     AncestralSampler,
     DDIMSampler,
+    Denoiser,
+    GammaDDIMSampler,
     GeneratorChain,
+    OwnPlan,
+    Sampler,
     StepSampler,
     build_sampler,
+    check_sampler,
+    prepare_sampler,
     ddim_invert,
     full_timesteps,
     sample_generator_chain,
@@ -40,7 +47,13 @@ __all__ = [
     "VARIANCE_TYPES",
     "SAMPLERS",
     "SUBSEQUENCES",
+    "REQUIREMENTS",
     "build_sampler",
+    "check_sampler",
+    "prepare_sampler",
+    "Denoiser",
+    "OwnPlan",
+    "Sampler",
     "AncestralSampler",
     "CosineContinuousTime",
     "DDGANLoss",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from siddm_lab.diffusion.samplers import DDIMSampler, PredictFn, _alpha_bar
+from siddm_lab.diffusion.samplers import DDIMSampler, PredictFn, as_denoiser
 from siddm_lab.errors import ConfigError
 
 
@@ -78,7 +78,8 @@ def _rel(fx: torch.Tensor, x: torch.Tensor) -> float:
 class _FixedPointDDIM(DDIMSampler):
     """Deterministic DDIM (η = 0) over a plan, with the chain map F of the module docstring."""
 
-    fixed_point = True
+    abstract = True
+    requires = DDIMSampler.requires | {"deterministic"}
 
     def __init__(self, diffusion, steps: int | None = None, subsequence=None, clip_x0: float | None = None,
                  tol: float = 1e-4, max_iter: int | None = None, chunk: int | None = None,
@@ -98,8 +99,8 @@ class _FixedPointDDIM(DDIMSampler):
         coefs = [self.coefficients(t, s) for t, s in zip(self.timesteps, nxt)]
         self._c_x0 = torch.tensor([c[0] for c in coefs], dtype=torch.float64)
         self._c_eps = torch.tensor([c[1] for c in coefs], dtype=torch.float64)
-        ab_t = torch.stack([_alpha_bar(diffusion, t) for t in self.timesteps]).double()
-        ab_s = torch.stack([_alpha_bar(diffusion, s) for s in nxt]).double()
+        ab_t = torch.stack([diffusion.alpha_bar(t) for t in self.timesteps]).double()
+        ab_s = torch.stack([diffusion.alpha_bar(s) for s in nxt]).double()
         self._inv_sqrt_ab_t, self._inv_sqrt_ab_s = ab_t.rsqrt(), ab_s.rsqrt()
         self._sigma_t, self._sigma_s = ((1 - ab_t) / ab_t).sqrt(), ((1 - ab_s) / ab_s).sqrt()
         if form not in ("unrolled", "sequential"):
@@ -220,8 +221,8 @@ class DEQSampler(_FixedPointDDIM):
                       "converged": residuals[-1] < self.tol})
         return z.reshape(B, S, -1).transpose(0, 1).reshape(shape)
 
-    def sample(self, predict: PredictFn, x_T: torch.Tensor, generator=None, progress: bool = False) -> torch.Tensor:
-        return self.trajectory(predict, x_T)[-1]
+    def sample(self, denoiser, x_T: torch.Tensor, rng=None, progress: bool = False) -> torch.Tensor:
+        return self.trajectory(as_denoiser(denoiser, self.diffusion).x0_eps, x_T)[-1]
 
 
 class PicardSampler(_FixedPointDDIM):
@@ -245,7 +246,8 @@ class PicardSampler(_FixedPointDDIM):
             self.max_iter = S  # a window of one state advances one state per iteration
 
     @torch.no_grad()
-    def sample(self, predict: PredictFn, x_T: torch.Tensor, generator=None, progress: bool = False) -> torch.Tensor:
+    def sample(self, denoiser, x_T: torch.Tensor, rng=None, progress: bool = False) -> torch.Tensor:
+        predict = as_denoiser(denoiser, self.diffusion).x0_eps
         S = len(self.timesteps)
         X = x_T[None].expand(S, *x_T.shape).clone()
         start, iters, nfe, residuals = 0, 0, 0, []

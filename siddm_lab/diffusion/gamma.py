@@ -13,7 +13,7 @@ DDPM's mean and variance and replaces the Gaussian z by centred unit-variance Ga
 t -> s); x_T is centred unit-variance Gamma noise of shape k̄_{T-1}.
 
 Between two timesteps s < t the forward chain adds independent Gamma noise of the same scale,
-ḡ_t = (θ_t/θ_s) ḡ_s + Γ(k̄_t − k̄_s, θ_t), so the exact posterior is a Beta thinning (``GammaDDIMSampler``):
+ḡ_t = (θ_t/θ_s) ḡ_s + Γ(k̄_t − k̄_s, θ_t), so the exact posterior is a Beta thinning (``samplers.GammaDDIMSampler``):
 
     ḡ_s | ḡ_t, x0 = (θ_s/θ_t) ḡ_t B,   B ~ Beta(k̄_s, k̄_t − k̄_s),   ḡ_t = x_t − sqrt(ᾱ_t) x0 + k̄_t θ_t.
 
@@ -34,7 +34,7 @@ import torch
 
 from siddm_lab.diffusion.gaussian import GaussianDiffusion
 from siddm_lab.diffusion.rng import GLOBAL, RandomSource
-from siddm_lab.diffusion.samplers import StepSampler, _alpha_bar
+from siddm_lab.diffusion.schedules import make_betas
 from siddm_lab.errors import ConfigError
 
 
@@ -75,8 +75,6 @@ class GammaDiffusion(GaussianDiffusion):
 
     @classmethod
     def from_schedule(cls, name: str, T: int, theta0: float = 0.001, **kwargs) -> GammaDiffusion:
-        from siddm_lab.diffusion.schedules import make_betas
-
         return cls(make_betas(name, T, **kwargs), theta0)
 
     def _draw(self, k: torch.Tensor, like: torch.Tensor, rng: RandomSource) -> torch.Tensor:
@@ -118,139 +116,3 @@ def beta_draw(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator | Non
     """Beta(a, b) draws (float64, CPU) as X / (X + Y), X ~ Γ(a, 1), Y ~ Γ(b, 1) from ``generator``."""
     x, y = standard_gamma(a, generator), standard_gamma(b, generator)
     return x / (x + y)
-
-
-GAMMA_CONSTRAINTS = ("doubling",)
-
-
-class GammaDDIMSampler(StepSampler):
-    """Gamma-noise sampling with the exact posterior of the Gamma forward chain, over any plan (module
-    docstring): x_t -> x_s keeps q(x_s | x0) Gamma, with shape k̄_s and scale θ_s, whatever the gap t - s.
-
-    ``constraint="doubling"`` is the seed report's Gamma-DDIM: consecutive plan steps must satisfy
-    k_{t+1} = Σ_{i≤t} k_i, i.e. k̄_{τ_i} = 2 k̄_{τ_{i+1}} (within ``constraint_rtol``). The plan is then built
-    from T-1 by halving k̄ (``steps`` null: as many steps as the schedule allows; an integer: the first
-    ``steps``), or an explicit plan (``subsequence={name: explicit, ...}``) is checked. Because
-    k̄_t = 1 / (θ0² SNR_t), the constraint halves the SNR's inverse at every step: it allows only
-    about log2(k̄_{T-1} / k̄_0) steps (28 on the linear T = 1000 schedule); asking for more is refused.
-    ``x0'`` below the noise's support (ḡ_t < 0, possible with a predicted x0) is clamped onto it.
-    """
-
-    name = "gamma_ddim"
-    stochastic = True
-
-    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = None, subsequence=None,
-                 clip_x0: float | None = None, constraint: str | None = None, constraint_rtol: float = 0.05):
-        if getattr(diffusion, "noise", "gaussian") != "gamma":
-            raise ConfigError(f"sampler=gamma_ddim samples Gamma noise; this process has "
-                              f"{getattr(diffusion, 'noise', 'gaussian')} noise: use sampler=ddim or sampler=ddpm")
-        if constraint is not None and constraint not in GAMMA_CONSTRAINTS:
-            raise ConfigError(f"sampler.constraint={constraint!r} is unknown; allowed: null, "
-                              f"{', '.join(GAMMA_CONSTRAINTS)}")
-        if isinstance(constraint_rtol, bool) or not isinstance(constraint_rtol, (int, float)) \
-                or not 0 < constraint_rtol < 1:
-            raise ConfigError(f"sampler.constraint_rtol={constraint_rtol!r} is invalid: expected a number in (0, 1)")
-        self.constraint, self.constraint_rtol = constraint, float(constraint_rtol)
-        spec = dict(subsequence or {})
-        explicit = spec.get("name") == "explicit"
-        if constraint is None or explicit:
-            super().__init__(diffusion, steps, subsequence, clip_x0)
-        else:
-            if spec.get("name", "uniform") != "uniform":
-                raise ConfigError(f"sampler.constraint=doubling builds its own plan; subsequence={spec['name']} "
-                                  f"would be ignored: leave the subsequence at its default (uniform) or give an "
-                                  f"explicit plan to check")
-            super().__init__(diffusion, None, {"name": "explicit", "timesteps": [diffusion.num_timesteps - 1]},
-                             clip_x0)
-            self.timesteps = self.doubling_plan(steps)
-            self.steps, self.subsequence = len(self.timesteps), "gamma_doubling"
-        if constraint is not None:
-            self.check_constraint(self.timesteps)
-
-    def _kbar(self) -> torch.Tensor:
-        """k̄ as a float64 CPU copy, made once (the step's coefficients are host-side scalars)."""
-        kbar = getattr(self, "_kbar_cpu", None)
-        if kbar is not None:
-            return kbar
-        kbar = self.diffusion.gamma_k_cumsum.detach().to("cpu", torch.float64)
-        if not torch.isfinite(kbar).all():
-            raise ConfigError("the Gamma shapes k̄_t are not finite (ᾱ_t = 0 at the end of the schedule): Gamma "
-                              "noise needs ᾱ_{T-1} > 0; use a schedule without zero terminal SNR")
-        self._kbar_cpu = kbar
-        return kbar
-
-    def max_doubling_steps(self) -> int:
-        """The most steps a plan from T-1 can take under the constraint: k̄ halves at each of them."""
-        return len(self.doubling_plan(None))
-
-    def doubling_plan(self, steps: int | None) -> list[int]:
-        """From T-1, each next timestep the one whose k̄ is nearest half the current one, while that is within
-        ``constraint_rtol`` of a halving; the first ``steps`` of them (null: all)."""
-        kbar = self._kbar()
-        plan = [len(kbar) - 1]
-        while plan[-1] > 0:
-            t = plan[-1]
-            ratio = kbar[t] / kbar[:t]
-            s = int(torch.argmin((ratio.log2() - 1).abs()))
-            if abs(float(ratio[s]) / 2 - 1) > self.constraint_rtol:
-                break
-            plan.append(s)
-        if steps is not None:
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-                raise ConfigError(f"sampler.steps={steps!r} is invalid: expected null or a positive integer")
-            if steps > len(plan):
-                span = float(kbar[-1] / kbar[0])
-                raise ConfigError(
-                    f"sampler.steps={steps} is impossible under the Gamma-DDIM constraint k_(t+1) = sum_(i<=t) k_i: "
-                    f"k̄ doubles at every step, so {steps} steps need k̄ to grow by 2^{steps - 1} = "
-                    f"{2.0 ** (steps - 1):.3g}, and this schedule's k̄ spans only {span:.3g} from t=0 to T-1; "
-                    f"allowed: 1..{len(plan)} (or sampler.constraint=null for any plan)")
-            plan = plan[:steps]
-        return plan
-
-    def check_constraint(self, timesteps) -> None:
-        """Refuse a plan whose consecutive steps do not halve k̄ (within ``constraint_rtol``)."""
-        kbar = self._kbar()
-        ts = list(timesteps)
-        for t, s in zip(ts, ts[1:]):
-            if t == s:
-                continue
-            ratio = float(kbar[t] / kbar[s])
-            if abs(ratio / 2 - 1) > self.constraint_rtol:
-                raise ConfigError(
-                    f"the plan breaks the Gamma-DDIM constraint k_(t+1) = sum_(i<=t) k_i at the step {t} -> {s}: "
-                    f"k̄_{t} / k̄_{s} = {ratio:.4g}, allowed 2 ± {2 * self.constraint_rtol:.3g} "
-                    f"(sampler.constraint_rtol={self.constraint_rtol}); leave the plan to the sampler "
-                    f"(subsequence at its default) or set sampler.constraint=null")
-
-    def settings(self) -> dict:
-        return {**super().settings(), "constraint": self.constraint}
-
-    def shapes(self, t: int, s: int) -> tuple[float, float]:
-        """(k̄_s, k̄_t − k̄_s): the Beta parameters of the update t -> s (s >= 0)."""
-        kbar = self._kbar()
-        return float(kbar[s]), float(kbar[t] - kbar[s])
-
-    def step_noise(self, x_t: torch.Tensor, t: int, s: int, generator: torch.Generator | None = None):
-        """B ~ Beta(k̄_s, k̄_t − k̄_s) for every element (float64, on x's device)."""
-        a, b = self.shapes(t, s)
-        shape = tuple(x_t.shape)
-        B = beta_draw(torch.full(shape, a, dtype=torch.float64), torch.full(shape, b, dtype=torch.float64),
-                      generator)
-        return B.to(x_t.device)
-
-    def step(self, x_t, t: int, s: int, x0, eps, noise=None):
-        if s < 0:
-            return x0
-        if t == s:
-            return x_t
-        if noise is None:
-            noise = self.step_noise(x_t, t, s)
-        ab_t, ab_s = _alpha_bar(self.diffusion, t), _alpha_bar(self.diffusion, s)
-        theta_t, theta_s = float(ab_t.sqrt()) * self.diffusion.theta0, float(ab_s.sqrt()) * self.diffusion.theta0
-        kbar = self._kbar()
-        kt, ks = float(kbar[t]), float(kbar[s])
-        x0d = x0.to(torch.float64)
-        g_t = (x_t.to(torch.float64) - float(ab_t.sqrt()) * x0d + kt * theta_t).clamp_min(0)
-        g_s = (theta_s / theta_t) * g_t * noise.to(x_t.device, torch.float64)
-        return (float(ab_s.sqrt()) * x0d + g_s - ks * theta_s).to(x_t.dtype)

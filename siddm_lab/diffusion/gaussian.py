@@ -66,23 +66,42 @@ class GaussianDiffusion(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
+        # a host copy that device moves leave in place (``alpha_bar`` of an int timestep)
+        self._alphas_cumprod_host = alphas_cumprod.clone()
 
     noise = "gaussian"
+    # The processes by their ``noise`` name: every subclass that sets its own ``noise`` registers itself (the
+    # ``noise`` config group picks one in ``from_schedule``); this module never imports its subclasses.
+    NOISES: dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "noise" in cls.__dict__:
+            GaussianDiffusion.NOISES[cls.noise] = cls
 
     @classmethod
     def from_schedule(cls, name: str, T: int, noise=None, **kwargs) -> GaussianDiffusion:
         """The process of a β schedule (``make_betas``). ``noise`` (the ``noise`` config group): None or
-        {"name": "gaussian"}, or {"name": "gamma", "theta0": θ0} for ``GammaDiffusion``."""
+        {"name": "gaussian"}, or {"name": <a registered noise>, **its settings} (``gamma``: ``theta0``)."""
         kind = (noise or {}).get("name", "gaussian")
         extra = {k: v for k, v in (noise or {}).items() if k != "name"}
-        if kind == "gamma":
-            from siddm_lab.diffusion.gamma import GammaDiffusion
+        process = cls.NOISES.get(kind)
+        if process is None or (process is GaussianDiffusion and extra):
+            raise ConfigError(f"noise={dict(noise)!r} is invalid: expected noise=gaussian (no settings) or one of "
+                              f"{', '.join(k for k in cls.NOISES if k != 'gaussian')} with its settings "
+                              f"(gamma: theta0)")
+        return process(make_betas(name, T, **kwargs), **extra)
 
-            return GammaDiffusion(make_betas(name, T, **kwargs), **extra)
-        if kind != "gaussian" or extra:
-            raise ConfigError(f"noise={dict(noise)!r} is invalid: expected noise=gaussian (no settings) or "
-                              f"noise=gamma (theta0)")
-        return cls(make_betas(name, T, **kwargs))
+    def alpha_bar(self, t):
+        """ᾱ_t in float64 with ᾱ_{-1} = 1 (the clean data). ``t`` an int: a CPU scalar (the samplers' step
+        coefficients are host-side numbers: no device sync per step); a tensor of timesteps (-1 allowed): the
+        values on its device."""
+        if isinstance(t, torch.Tensor):
+            table = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod]).to(t.device)
+            return table[t.long() + 1]
+        if t < 0:
+            return torch.ones((), dtype=torch.float64)
+        return self._alphas_cumprod_host[t]
 
     # ------------------------------------------------------------------ noise (``GammaDiffusion`` overrides)
     def noise_like(self, x0: torch.Tensor, t: torch.Tensor, rng=None) -> torch.Tensor:
@@ -238,3 +257,6 @@ class GaussianDiffusion(nn.Module):
         if eps is None:
             eps = self.predict_eps_from_x0(x_t, t, x0)
         return x0, eps
+
+
+GaussianDiffusion.NOISES["gaussian"] = GaussianDiffusion

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from siddm_lab.diffusion import GANParts, GaussianDiffusion, RandomSource
+from siddm_lab.diffusion import Denoiser, GANParts, GaussianDiffusion, RandomSource, prepare_sampler
 from siddm_lab.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -208,24 +208,40 @@ class DiffusionModule(L.LightningModule):
         """(x0', ε') of the model at (x_t, t): what a step sampler needs."""
         raise NotImplementedError
 
+    def denoiser(self, rng: RandomSource | None = None) -> Denoiser:
+        """What a sampler sees of this model (``siddm_lab.diffusion.samplers.Denoiser``); a model that draws
+        latents draws them from ``rng``."""
+        return Denoiser(self.diffusion, x0_eps=self.predict_x0_eps,
+                        description=f"this {type(self).__name__} model (a denoiser)")
+
     def default_sampler(self):
         """The sampler used when none is configured."""
         raise NotImplementedError
 
-    def get_sampler(self, sampler=None):
-        """``sampler``, else the configured one (``self.sampler``), else ``default_sampler()``; a partial
-        (``conf/sampler``) is bound to this model's process."""
+    def get_sampler(self, sampler=None, extra=(), what: str | None = None):
+        """The sampler that runs for this model: ``sampler``, else the configured one (``self.sampler``), else
+        ``default_sampler()``; a partial (``conf/sampler``) is bound to this model's process. Checked against
+        the model (``check_sampler``: one refusal message; ``extra`` requirements of the use, named ``what``)
+        and resolved (a student's own plan)."""
         sampler = sampler if sampler is not None else self.sampler
         if sampler is None:
-            return self.default_sampler()
-        if not hasattr(sampler, "nfe"):  # an unbound sampler factory
+            sampler = self.default_sampler()
+        if not hasattr(sampler, "requirements"):  # an unbound sampler factory
             sampler = sampler(diffusion=self.diffusion)
-        return sampler
+        return prepare_sampler(sampler, self.denoiser(), extra, what)
+
+    def sampling_rng(self, seed: int | None) -> RandomSource:
+        """Where one batch's sampling noise comes from: a generator on the model's device seeded with ``seed``
+        (None: the global RNG)."""
+        if seed is None:
+            return RandomSource()
+        return RandomSource.single(torch.Generator(self.device).manual_seed(int(seed)))
 
     def draw(self, sampler, x_T: torch.Tensor, seed: int | None, progress: bool = False) -> torch.Tensor:
-        """One batch of samples from x_T with ``sampler`` (noise from a generator seeded with ``seed``)."""
-        g = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        return sampler.sample(self.predict_x0_eps, x_T, generator=g, progress=progress)
+        """One batch of samples from x_T with a prepared ``sampler`` (``get_sampler``); its noise and the
+        model's latents come from ``sampling_rng(seed)``."""
+        rng = self.sampling_rng(seed)
+        return sampler.sample(self.denoiser(rng), x_T, rng, progress=progress)
 
     @torch.no_grad()
     def sample(self, n: int, sampler=None, generator: torch.Generator | None = None, batch_size: int | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -46,17 +47,6 @@ class _PerRoundLinearDecay:
 def linear_decay_per_round(optimizer, steps_per_round: int):
     """``lr_scheduler`` of progressive distillation: linear decay to zero within each round."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _PerRoundLinearDecay(steps_per_round))
-
-
-def student_sampler(diffusion, model=None):
-    """``sampler=student``: a siddm-distill checkpoint's own plan (``model.default_sampler()``: the DDIM plan of
-    the round the checkpoint was saved in, or the KD student's one step). ``siddm-sample`` passes the loaded
-    model; anything else is refused."""
-    if not isinstance(model, Distillation):
-        name = type(model).__name__ if model is not None else "run without a distilled checkpoint"
-        raise ConfigError(f"sampler=student samples a siddm-distill checkpoint with its own plan (siddm-sample); "
-                          f"this is a {name}: choose a sampler (ddim, ddpm, ...)")
-    return model.default_sampler()
 
 
 class Distillation(DDPM):
@@ -98,9 +88,12 @@ class Distillation(DDPM):
         self.teacher.eval()  # the teacher never runs in training mode (dropout)
         return self
 
-    def get_sampler(self, sampler=None):
+    def get_sampler(self, sampler=None, extra=(), what: str | None = None):
         # periodic evaluation samples with the current student's own plan, not the run's final sampler
-        return self.default_sampler() if sampler is None else super().get_sampler(sampler)
+        return super().get_sampler(self.default_sampler() if sampler is None else sampler, extra, what)
+
+    def denoiser(self, rng=None):
+        return replace(super().denoiser(rng), own_sampler=self.default_sampler)
 
     def student_plan(self) -> list[int]:
         raise NotImplementedError

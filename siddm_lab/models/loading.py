@@ -18,7 +18,7 @@ WEIGHTS = ("ema", "raw")
 
 # Targets that earlier versions of conf/ used and that the configs stored in their checkpoints still
 # name (they are never built from a checkpoint, but the whole stored config is checked).
-FORMER_TARGETS = frozenset({"lightning.pytorch.callbacks.ModelCheckpoint"})
+FORMER_TARGETS = frozenset({"lightning.pytorch.callbacks.ModelCheckpoint", "siddm_lab.models.distill.student_sampler"})
 # What a stored config may hold besides mappings and lists: what OmegaConf.to_container writes.
 _PLAIN = (str, int, float, bool, type(None))
 

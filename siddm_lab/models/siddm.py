@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from siddm_lab.diffusion import GANObjective, GeneratorChain, RandomSource
+from siddm_lab.diffusion import Denoiser, GANObjective, GeneratorChain, RandomSource
 from siddm_lab.diffusion.losses import DDGANLoss
 from siddm_lab.errors import ConfigError
 from siddm_lab.models.base import DiffusionModule
@@ -69,7 +69,6 @@ class SIDDM(DiffusionModule):
         super().__init__(generator, diffusion, objective, discriminator, optimizer_g, optimizer_d, lr_scheduler_g,
                          lr_scheduler_d, grad_clip_g, grad_clip_d, eval_num_samples, log_every_n_steps)
         self.nz, self.z_dist = nz, z_dist
-        self._sample_rng: RandomSource | None = None
 
     # ------------------------------------------------------------------ ensembles
     @classmethod
@@ -105,7 +104,7 @@ class SIDDM(DiffusionModule):
 
     def sample_z(self, x: torch.Tensor, rng: RandomSource | None = None) -> torch.Tensor:
         """One latent per sample of x ([B, nz] or [E, B, nz])."""
-        rng = rng or self._sample_rng or self.rng
+        rng = rng or self.rng
         shape = (*rng.batch_shape(x), self.nz)
         if self.z_dist == "uniform":
             return rng.rand(shape, device=x.device, dtype=x.dtype)
@@ -123,33 +122,39 @@ class SIDDM(DiffusionModule):
     def default_sampler(self):
         return GeneratorChain(self.diffusion)
 
+    def denoiser(self, rng: RandomSource | None = None) -> Denoiser:
+        """The generator chain's x0'(x_t, t) (a latent from ``rng`` at every call); a discrete-time single model
+        also offers (x0', ε') to the step samplers (e.g. DDIM on the generator's x0'), not deterministic."""
+        rng = rng or RandomSource()
+
+        def x0(x, t):
+            return self.generator(x, t, self.sample_z(x, rng))
+
+        def x0_eps(x, t):
+            x0_ = x0(x, t)
+            return x0_, self.diffusion.predict_eps_from_x0(x, t, x0_)
+
+        kind = "continuous-time diffusion GAN" if self.continuous else "diffusion GAN"
+        what = (f"an ensemble of {self.members} {kind}s" if self.members is not None else f"a {kind}") + \
+            f" ({self.mode.upper()}), which samples with its generator chain (sampler=generator)"
+        step_samplers = not self.continuous and self.members is None
+        return Denoiser(self.diffusion, x0_eps=x0_eps if step_samplers else None, x0=x0, deterministic=False,
+                        description=f"this model is {what}")
+
+    def sampling_rng(self, seed: int | None) -> RandomSource:
+        """One generator per member of an ensemble, all seeded with ``seed`` (paired samples: what the single
+        run with that generator would draw)."""
+        if self.members is None:
+            return super().sampling_rng(seed)
+        seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,)))
+        return RandomSource([torch.Generator(self.device).manual_seed(seed) for _ in range(self.members)])
+
     def draw(self, sampler, x_T: torch.Tensor, seed: int | None, progress: bool = False) -> torch.Tensor:
-        """One batch from x_T. The generator chain by default; a discrete-time single model also takes a
-        step sampler (e.g. DDIM on the generator's x0'). Every member of an ensemble starts from the same
-        x_T and draws the same latents and noise (what the single run with that generator would draw):
-        samples are paired across members. The latents and the noise are drawn from ``seed``."""
-        E = self.members
-        if getattr(sampler, "fixed_point", False):
-            raise ConfigError(f"sampler={sampler.name} solves a deterministic DDIM chain as a fixed point; a diffusion "
-                              f"GAN's chain is stochastic (a latent at every step): use sampler=generator")
-        if not isinstance(sampler, GeneratorChain):
-            if self.continuous or E is not None:
-                raise ConfigError("a step sampler (sampler=ddim|ddpm) needs a discrete-time single model; this "
-                                  "one samples with its generator chain (sampler=generator, sampler.steps = K)")
-            self._sample_rng = (RandomSource.single(torch.Generator(self.device).manual_seed(seed))
-                                if seed is not None else None)
-            try:
-                return super().draw(sampler, x_T, seed, progress)
-            finally:
-                self._sample_rng = None
-        if E is None:
-            rng = (RandomSource.single(torch.Generator(self.device).manual_seed(seed)) if seed is not None
-                   else RandomSource())
-        else:
-            x_T = x_T.expand(E, *x_T.shape).contiguous()
-            seeds = [seed if seed is not None else int(torch.randint(0, 2**62, (1,)))] * E
-            rng = RandomSource([torch.Generator(self.device).manual_seed(s) for s in seeds])
-        return sampler.sample(lambda x, t: self.generator(x, t, self.sample_z(x, rng)), x_T, rng)
+        """One batch from x_T. Every member of an ensemble starts from the same x_T and draws the same latents
+        and noise (``sampling_rng``)."""
+        if self.members is not None:
+            x_T = x_T.expand(self.members, *x_T.shape).contiguous()
+        return super().draw(sampler, x_T, seed, progress)
 
     def validation_step(self, batch, batch_idx):
         """The generator's x0 reconstruction error from x_t ~ q(x_t | x0) (a health signal), with t, the
