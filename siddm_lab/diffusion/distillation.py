@@ -29,8 +29,7 @@ WEIGHTINGS = ("truncated_snr", "snr_plus_one")
 
 def _alpha_sigma(diffusion, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(α_t, σ_t) per sample for integer timesteps ``t`` [B] (−1 = the data: α = 1, σ = 0), shaped like x."""
-    ab_all = torch.cat([diffusion.alphas_cumprod.new_ones(1), diffusion.alphas_cumprod]).to(t.device)
-    ab = ab_all[t.long() + 1].reshape(-1, *((1,) * (like.dim() - 1)))
+    ab = diffusion.alpha_bar(t).reshape(-1, *((1,) * (like.dim() - 1)))
     return ab.sqrt().to(like.dtype), (1 - ab).sqrt().to(like.dtype)
 
 
