@@ -1,6 +1,7 @@
 """Image metrics: Fréchet distance vs torchmetrics, KID/IS/PRC on a stand-in extractor, Inception-weights
 errors, and the MNIST classifier behind ``fd_mnist_classifier``."""
 
+import hashlib
 import math
 import urllib.error
 
@@ -20,10 +21,13 @@ from siddm_lab.metrics.image import (
     inception_metrics,
 )
 from siddm_lab.metrics.mnist_classifier import (
+    SHIPPED_CLASSIFIER_PATH,
+    SHIPPED_CLASSIFIER_SHA256,
     MNISTClassifier,
     default_classifier_path,
     load_classifier,
     save_classifier,
+    shipped_classifier_record,
     to_model_space,
     train_classifier,
 )
@@ -227,7 +231,7 @@ def test_compute_image_metrics_routes_all(tmp_path, sets):
                                kid_subset_size=100)
     for k, v in direct.items():
         assert got[k] == pytest.approx(v, rel=1e-6), k
-    with pytest.raises(CheckpointError, match="mnist_classifier"):
+    with pytest.raises(CheckpointError, match="missing.pt does not exist.*mnist_classifier"):
         compute_image_metrics(shifted, ref, ["fd_mnist_classifier"], classifier_path=tmp_path / "missing.pt")
 
 
@@ -300,11 +304,84 @@ def test_load_missing_or_corrupt_checkpoint(tmp_path):
         load_classifier(mismatched)
 
 
-def test_default_classifier_path(monkeypatch, tmp_path):
+def test_default_classifier_path_is_the_shipped_one(monkeypatch, tmp_path):
+    """A classifier in the user's cache is never used unless named: the default is the shipped file."""
     monkeypatch.setenv("SIDDM_CACHE_DIR", str(tmp_path))
-    assert default_classifier_path() == tmp_path / "mnist_classifier.pt"
+    (tmp_path / "mnist_classifier.pt").write_bytes(b"a user's own (here: broken) classifier")
+    assert default_classifier_path() == SHIPPED_CLASSIFIER_PATH
+    assert load_classifier().sha256 == SHIPPED_CLASSIFIER_SHA256
     monkeypatch.delenv("SIDDM_CACHE_DIR")
-    assert default_classifier_path().parts[-3:] == (".cache", "siddm_lab", "mnist_classifier.pt")
+    assert default_classifier_path() == SHIPPED_CLASSIFIER_PATH
+
+
+def test_shipped_classifier_loads_and_matches_its_record():
+    assert SHIPPED_CLASSIFIER_PATH.parts[-4:] == ("siddm_lab", "metrics", "weights", "mnist_classifier.pt")
+    assert hashlib.sha256(SHIPPED_CLASSIFIER_PATH.read_bytes()).hexdigest() == SHIPPED_CLASSIFIER_SHA256
+    record = shipped_classifier_record()
+    assert record["sha256"] == SHIPPED_CLASSIFIER_SHA256 and record["bytes"] == SHIPPED_CLASSIFIER_PATH.stat().st_size
+    assert "--out" in record["train_command"] and record["train_config"]["seed"] == 0
+    m = load_classifier()
+    assert not m.training and m.path == str(SHIPPED_CLASSIFIER_PATH) and m.sha256 == SHIPPED_CLASSIFIER_SHA256
+    assert m.test_accuracy == record["test_accuracy"] >= 0.99
+    assert sum(p.numel() for p in m.parameters()) == record["parameters"]
+    x = torch.rand(6, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert m.features(x).shape == (6, 128) and m(x).shape == (6, 10)
+    # plain tensors and containers only: loads with weights_only=True
+    ckpt = torch.load(SHIPPED_CLASSIFIER_PATH, weights_only=True)
+    assert set(ckpt) == {"state_dict", "test_accuracy", "config"}
+
+
+def test_metrics_default_to_the_shipped_classifier(sets):
+    ref, _, shifted = sets
+    got = compute_image_metrics(shifted, ref, ["fd_mnist_classifier", "mnist_digits"])
+    assert {"fd_mnist_classifier", "digit_classes", "digit_tv", "digit_confidence"} <= set(got)
+    assert got["fd_mnist_classifier"] == pytest.approx(fd_mnist_classifier(shifted, ref, load_classifier()), rel=1e-6)
+    assert got["fd_mnist_classifier"] == pytest.approx(fd_mnist_classifier(shifted, ref, SHIPPED_CLASSIFIER_PATH),
+                                                       rel=1e-6)
+
+
+def test_a_tampered_or_missing_shipped_classifier_is_refused(monkeypatch, tmp_path):
+    import siddm_lab.metrics.mnist_classifier as mc
+
+    data = bytearray(SHIPPED_CLASSIFIER_PATH.read_bytes())
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(data)
+    # an explicit path is loaded as given (no sha256 to check it against): the same features
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(load_classifier(copy).features(x), load_classifier().features(x))
+
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the weights
+    tampered = tmp_path / "weights" / "mnist_classifier.pt"
+    tampered.parent.mkdir()
+    tampered.write_bytes(data)
+    monkeypatch.setattr(mc, "SHIPPED_CLASSIFIER_PATH", tampered)
+    for path in (None, tampered):  # by default, or named explicitly
+        with pytest.raises(CheckpointError, match="corrupt or was modified") as e:
+            load_classifier(path)
+        assert str(tampered) in str(e.value) and SHIPPED_CLASSIFIER_SHA256 in str(e.value)
+        assert "git checkout" in str(e.value) and "classifier_path" in str(e.value)
+    with pytest.raises(CheckpointError, match="corrupt or was modified"):
+        compute_image_metrics(torch.zeros(4, 1, 32, 32, dtype=torch.uint8), torch.zeros(4, 1, 32, 32,
+                              dtype=torch.uint8), ["fd_mnist_classifier"])
+    tampered.unlink()
+    with pytest.raises(CheckpointError, match="shipped MNIST classifier .* is missing") as e:
+        load_classifier()
+    assert str(tampered) in str(e.value)
+
+
+def test_training_never_writes_the_shipped_classifier(tmp_path, capsys):
+    from siddm_lab.metrics.mnist_classifier import main
+
+    with pytest.raises(ConfigError, match="give the path"):
+        train_classifier(tmp_path, None)
+    with pytest.raises(ConfigError, match="never overwritten"):
+        train_classifier(tmp_path, SHIPPED_CLASSIFIER_PATH)
+    with pytest.raises(SystemExit):  # --out is required
+        main(["--data-dir", str(tmp_path)])
+    assert "--out" in capsys.readouterr().err
+    assert hashlib.sha256(SHIPPED_CLASSIFIER_PATH.read_bytes()).hexdigest() == SHIPPED_CLASSIFIER_SHA256
 
 
 def test_cli_bad_data_dir(tmp_path, capsys):
@@ -395,6 +472,41 @@ def test_mnist_digits_sees_a_dropped_digit_and_noise(small_classifier, mnist_roo
     both = compute_image_metrics(a, b, ["fd_mnist_classifier", "mnist_digits"], classifier_path=path)
     assert both["digit_classes"] == 10 and both["digit_tv"] == pytest.approx(real["digit_tv"])
     assert both["fd_mnist_classifier"] == pytest.approx(fd_mnist_classifier(a, b, clf), rel=1e-6)
+
+
+def _real_mnist_features(root, n_test, n_train):
+    from siddm_lab.data.images import read_mnist
+    from siddm_lab.metrics.image import mnist_classifier_features
+
+    clf = load_classifier()
+    test_images, test_labels = read_mnist(root, "test", verify="size")
+    train_images, _ = read_mnist(root, "train", verify="size")
+    f_test = mnist_classifier_features(torch.from_numpy(test_images[:n_test]), clf)
+    f_train = mnist_classifier_features(torch.from_numpy(train_images[:n_train]), clf)
+    with torch.no_grad():
+        accuracy = (clf.head(f_test).argmax(1) == torch.from_numpy(test_labels[:n_test])).float().mean().item()
+    return clf, f_test, f_train, accuracy, train_images
+
+
+def test_shipped_classifier_on_real_mnist(mnist_root):
+    """Real test images against real training images, 500 each: about 17-19 (the small-sample bias of a 128-d
+    Fréchet distance; 1000 against the 10,000 test images, as in experiments/, give about 4-5), far below
+    uniform noise; and the accuracy on the first 1000 test images."""
+    clf, f_test, f_train, accuracy, train_images = _real_mnist_features(mnist_root, 1000, 500)
+    assert accuracy >= 0.98
+    fd_500 = frechet_distance_from_features(f_test[:500], f_train)
+    assert 10 < fd_500 < 30
+    noise = torch.randint(0, 256, (500, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert fd_mnist_classifier(noise, torch.from_numpy(train_images[:500]), clf) > 10 * fd_500
+
+
+@pytest.mark.slow
+def test_shipped_classifier_recorded_accuracy(mnist_root):
+    """The recorded test accuracy (all 10,000 test images), and 1000 training images against them: the
+    real-data level of the fd_mnist_classifier tables in experiments/ (3.9-5.0)."""
+    _, f_test, f_train, accuracy, _ = _real_mnist_features(mnist_root, 10_000, 1000)
+    assert accuracy == pytest.approx(shipped_classifier_record()["test_accuracy"], abs=2e-4)
+    assert 3 < frechet_distance_from_features(f_train, f_test) < 7
 
 
 @pytest.mark.slow

@@ -3,19 +3,31 @@
 Inputs are 32x32 single-channel images in model space [-1, 1]: MNIST zero-padded 28 -> 32
 (2 px each side, in uint8, exactly as ``ImageDataModule(pad_to=32)``) and mapped by ``x/127.5 - 1``.
 
-Train and cache it once (CPU, about a minute on 2 cores)::
+The trained classifier ships with the package (``SHIPPED_CLASSIFIER_PATH``,
+``siddm_lab/metrics/weights/mnist_classifier.pt``, 99.16 % test accuracy; its sha256, accuracy and training
+command are in ``mnist_classifier.json`` beside it) and is the one behind every ``fd_mnist_classifier``
+number in ``experiments/``. Which checkpoint a metric uses:
 
-    python -m siddm_lab.metrics.mnist_classifier --data-dir ../shared/data
+1. an explicit path (``dataset.metrics.classifier_path``, ``load_classifier(path)``), loaded as given;
+2. otherwise the shipped file, whose sha256 is checked on every load (a corrupt or modified file is refused).
 
-which writes ``default_classifier_path()`` (``$SIDDM_CACHE_DIR/mnist_classifier.pt`` or
-``~/.cache/siddm_lab/mnist_classifier.pt``) and prints the test accuracy.
+A classifier in the user's cache (``$SIDDM_CACHE_DIR`` or ``~/.cache/siddm_lab``) is never picked up
+implicitly: one trained on another machine or torch build need not be bit-identical to the shipped one,
+and a silent override would make ``fd_mnist_classifier`` numbers incomparable across users. To train
+your own (CPU, about a minute on 2 cores) and use it, name the output and then the path::
+
+    python -m siddm_lab.metrics.mnist_classifier --data-dir ../shared/data --out my_classifier.pt
+    siddm-train ... dataset.metrics.classifier_path=my_classifier.pt
+
+which prints the test accuracy and whether the weights equal the shipped ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -29,13 +41,35 @@ from siddm_lab.errors import CheckpointError, ConfigError, SiddmError
 IMAGE_SIZE = 32
 FEATURE_DIM = 128
 TRAIN_COMMAND = "python -m siddm_lab.metrics.mnist_classifier --data-dir <dir holding MNIST/raw> --out {path}"
+SHIPPED_CLASSIFIER_PATH = Path(__file__).resolve().parent / "weights" / "mnist_classifier.pt"
+SHIPPED_CLASSIFIER_SHA256 = "67bf43d770cede9d38f7850d5319e8a343dab65484c350cfe8a75f3016a3c959"
 
 
 def default_classifier_path() -> Path:
-    """``$SIDDM_CACHE_DIR/mnist_classifier.pt``, else ``~/.cache/siddm_lab/mnist_classifier.pt``."""
-    cache = os.environ.get("SIDDM_CACHE_DIR")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "siddm_lab"
-    return base / "mnist_classifier.pt"
+    """The checkpoint used when no path is given (``dataset.metrics.classifier_path: null``): the shipped
+    ``SHIPPED_CLASSIFIER_PATH``. A user's own classifier is used only when its path is given explicitly."""
+    return SHIPPED_CLASSIFIER_PATH
+
+
+def shipped_classifier_record() -> dict:
+    """The record beside the shipped weights (``weights/mnist_classifier.json``): sha256, test accuracy,
+    training command and configuration."""
+    return json.loads(SHIPPED_CLASSIFIER_PATH.with_suffix(".json").read_text())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_shipped(path: Path) -> bool:
+    try:
+        return path.resolve() == SHIPPED_CLASSIFIER_PATH.resolve()
+    except OSError:
+        return False
 
 
 class MNISTClassifier(nn.Module):
@@ -111,7 +145,7 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     return correct / len(x)
 
 
-def train_classifier(data_dir, out_path=None, *, epochs: int = 2, seed: int = 0, batch_size: int = 256,
+def train_classifier(data_dir, out_path, *, epochs: int = 2, seed: int = 0, batch_size: int = 256,
                      lr: float = 3e-3, subset: int | None = None, test_subset: int | None = None,
                      device="cpu", verify: str = "md5", verbose: bool = False) -> dict:
     """Train ``MNISTClassifier`` on MNIST train (first ``subset`` images if given) and save it.
@@ -120,14 +154,21 @@ def train_classifier(data_dir, out_path=None, *, epochs: int = 2, seed: int = 0,
     generator seeded with ``seed`` (bit-identical on CPU for a given torch build and thread count).
     Adam with a cosine learning-rate decay to zero over all steps.
 
-    The checkpoint ``{"state_dict", "test_accuracy", "config"}`` is written to ``out_path``
-    (``default_classifier_path()`` if None). Returns ``{"test_accuracy", "path", "train_seconds"}``.
+    The checkpoint ``{"state_dict", "test_accuracy", "config"}`` is written to ``out_path`` (required; the
+    shipped classifier is never overwritten). Returns ``{"test_accuracy", "path", "train_seconds"}``.
     """
+    if out_path is None:
+        raise ConfigError(f"give the path to write the classifier to (the shipped one, {SHIPPED_CLASSIFIER_PATH}, "
+                          f"is the default of every metric and is never overwritten)")
+    out_path = Path(out_path).expanduser()
+    if _is_shipped(out_path):
+        raise ConfigError(f"{out_path} is the shipped MNIST classifier, which is never overwritten (it defines "
+                          f"the fd_mnist_classifier numbers in experiments/); write your own elsewhere and "
+                          f"use it with dataset.metrics.classifier_path=<file>")
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
     if subset is not None and (not isinstance(subset, int) or subset < 1):
         raise ConfigError(f"subset must be a positive integer or None, got {subset!r}")
-    out_path = Path(out_path).expanduser() if out_path is not None else default_classifier_path()
     device = torch.device(device)
     t0 = time.perf_counter()
     x_train, y_train = _load_split(data_dir, "train", verify, subset)
@@ -179,14 +220,31 @@ def save_classifier(model: MNISTClassifier, path, *, test_accuracy: float | None
 
 
 def load_classifier(path=None, device="cpu") -> MNISTClassifier:
-    """Load a checkpoint written by ``train_classifier`` (``default_classifier_path()`` if None), in eval mode.
+    """Load a checkpoint written by ``train_classifier``, in eval mode: ``path`` if given (as is), else the
+    shipped classifier, whose sha256 must be ``SHIPPED_CLASSIFIER_SHA256``.
 
-    Raises CheckpointError if the file is missing or is not such a checkpoint.
+    Raises CheckpointError if the file is missing, is not such a checkpoint, or is a corrupt or modified
+    copy of the shipped one. The model's ``path``, ``sha256`` and ``test_accuracy`` are set as attributes.
     """
-    path = Path(path).expanduser() if path is not None else default_classifier_path()
-    how = f"create it with: {TRAIN_COMMAND.format(path=path)}"
-    if not path.is_file():
-        raise CheckpointError(f"MNIST classifier checkpoint {path} does not exist; {how}")
+    path = Path(path).expanduser() if path is not None else SHIPPED_CLASSIFIER_PATH
+    shipped = _is_shipped(path)
+    if shipped:
+        how = ("restore it (git checkout -- siddm_lab/metrics/weights/mnist_classifier.pt in a checkout, or "
+               "reinstall siddm_lab), or give a classifier of your own with dataset.metrics.classifier_path=<file>")
+        if not path.is_file():
+            raise CheckpointError(f"the shipped MNIST classifier {path} is missing (an installation without the "
+                                  f"package data?); {how}")
+        digest = _sha256(path)
+        if digest != SHIPPED_CLASSIFIER_SHA256:
+            raise CheckpointError(f"the shipped MNIST classifier {path} has sha256 {digest}, expected "
+                                  f"{SHIPPED_CLASSIFIER_SHA256}: the file is corrupt or was modified, and its "
+                                  f"fd_mnist_classifier numbers would not be comparable; {how}")
+    else:
+        how = (f"create it with: {TRAIN_COMMAND.format(path=path)}, or leave dataset.metrics.classifier_path "
+               f"null for the shipped classifier")
+        if not path.is_file():
+            raise CheckpointError(f"MNIST classifier checkpoint {path} does not exist; {how}")
+        digest = _sha256(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
@@ -206,14 +264,28 @@ def load_classifier(path=None, device="cpu") -> MNISTClassifier:
     except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} does not match MNISTClassifier ({e}); {how}") from e
     model.test_accuracy = ckpt.get("test_accuracy")
+    model.path, model.sha256 = str(path), digest
     return model.to(device).eval().requires_grad_(False)
 
 
+def _equals_shipped(path) -> bool | None:
+    """Whether the checkpoint at ``path`` holds exactly the shipped classifier's tensors (None: unknown)."""
+    try:
+        mine = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        ref = load_classifier().state_dict()
+    except (SiddmError, OSError, KeyError, RuntimeError):
+        return None
+    return set(mine) == set(ref) and all(torch.equal(mine[k], ref[k]) for k in ref)
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m siddm_lab.metrics.mnist_classifier",
-                                description="Train the MNIST classifier used by fd_mnist_classifier and cache it.")
+    p = argparse.ArgumentParser(
+        prog="python -m siddm_lab.metrics.mnist_classifier",
+        description="Train an MNIST classifier for fd_mnist_classifier. The metrics use the shipped classifier "
+                    f"({SHIPPED_CLASSIFIER_PATH}) unless dataset.metrics.classifier_path names another.")
     p.add_argument("--data-dir", required=True, help="directory holding MNIST/raw (torchvision layout)")
-    p.add_argument("--out", default=None, help=f"checkpoint path (default: {default_classifier_path()})")
+    p.add_argument("--out", required=True,
+                   help="checkpoint path to write; use it with dataset.metrics.classifier_path=<out>")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
@@ -225,6 +297,11 @@ def main(argv=None) -> None:
     except SiddmError as e:  # bad data dir / arguments: one line, exit status 2, no traceback
         raise SystemExit(f"error: {e}") from None
     print(f"test accuracy {res['test_accuracy']:.4f}; saved {res['path']} ({res['train_seconds']:.1f} s)")
+    same = _equals_shipped(res["path"])
+    if same is not None:
+        print("the weights are bit-identical to the shipped classifier" if same else
+              "the weights differ from the shipped classifier: fd_mnist_classifier with "
+              "dataset.metrics.classifier_path=" + res["path"] + " is not comparable with experiments/")
 
 
 if __name__ == "__main__":
