@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from siddm_lab.callbacks.checkpoint import ExceptionCheckpoint
 from siddm_lab.callbacks.signals import EXIT_STATUS, SignalStop, wait_for_launching_rank
 from siddm_lab.errors import ConfigError, NonFiniteSamplesError
+from siddm_lab.utils.lightning_compat import spawned_rank_processes, uses_script_launcher
 from siddm_lab.utils.loggers import adopt_csv_header, log
 from siddm_lab.utils.run_files import write_json
 
@@ -164,10 +165,7 @@ def _callback(trainer: L.Trainer, kind):
 
 def _started_by_rank_zero(trainer: L.Trainer) -> bool:
     """Whether this process is a rank that rank 0 started by re-running the command."""
-    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
-
-    return (trainer.local_rank > 0 and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
-            and not _processes_started_outside())
+    return trainer.local_rank > 0 and uses_script_launcher(trainer) and not _processes_started_outside()
 
 
 def _stopped(trainer: L.Trainer, stop: SignalStop, out_dir: Path, parent_pid: int, after_training: bool = False):
@@ -199,10 +197,7 @@ def _stopped(trainer: L.Trainer, stop: SignalStop, out_dir: Path, parent_pid: in
 
 def _spawned_ranks(trainer: L.Trainer) -> bool:
     """Whether this process spawned the ranks that trained (``ddp_spawn``; it trained nothing itself)."""
-    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
-
-    launcher = trainer.strategy.launcher
-    return isinstance(launcher, _MultiProcessingLauncher) and bool(launcher.procs)
+    return bool(spawned_rank_processes(trainer))
 
 
 def previous_checkpoints(out_dir: Path) -> list[Path]:

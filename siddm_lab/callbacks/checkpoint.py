@@ -7,8 +7,14 @@ import signal
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from siddm_lab.utils.lightning_compat import (
+    save_last_checkpoint,
+    settle_batch_counters,
+    signal_ranks,
+    started_rank_processes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +28,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         step = trainer.global_step
-        if (self.save_last and trainer.max_steps is not None and step == trainer.max_steps
-                and self._last_global_step_saved != step and not self._should_skip_saving_checkpoint(trainer)):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and trainer.max_steps is not None and step == trainer.max_steps:
+            save_last_checkpoint(self, trainer)
 
 
 class ExceptionCheckpoint(OnExceptionCheckpoint):
@@ -76,34 +81,16 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
         if not self._trained:
             log.info("no training iteration completed: no on_exception.ckpt (nothing to resume from)")
             return
-        self._settle_batch_counters(trainer)
+        settle_batch_counters(trainer)  # the counters say global_step iterations finished
         # the whole state (optimizers, loops, callbacks): said explicitly, as Lightning otherwise logs that
         # `weights_only` "was not set, defaulting to False", which reads like an unsafe load
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         self.saved = self.ckpt_path
 
     @staticmethod
-    def _settle_batch_counters(trainer) -> None:
-        """Record the last finished iteration in the batch counters. An exception inside an iteration leaves
-        that batch counted as started ("ready") but not completed; Lightning restores a checkpoint's counters
-        by resetting only the epoch's ones, so every later validation and periodic checkpoint of the resumed
-        run would come one iteration early. The weights saved are those after ``global_step`` iterations
-        (the batch in flight either stepped its optimizer or did not), and the counters are made to say so."""
-        loop = trainer.fit_loop.epoch_loop
-        progress = loop.batch_progress
-        done = progress.total.completed
-        stepped = trainer.global_step - done
-        if stepped not in (0, 1):
-            return
-        for tracker, base in ((progress.total, done), (progress.current, progress.current.completed)):
-            tracker.ready = tracker.started = tracker.processed = tracker.completed = base + stepped
-        if stepped:
-            loop._batches_that_stepped = trainer.global_step
-
-    @staticmethod
     def _end_started_ranks(trainer) -> None:
-        launcher = trainer.strategy.launcher
-        if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
-            log.error("ending the %d other ranks started by this process", len(launcher.procs))
+        procs = started_rank_processes(trainer)
+        if procs:
+            log.error("ending the %d other ranks started by this process", len(procs))
             # SIGKILL: a rank blocked in a collective never runs a Python signal handler
-            launcher.kill(signal.SIGKILL)
+            signal_ranks(trainer, signal.SIGKILL)

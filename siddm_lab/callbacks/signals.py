@@ -27,6 +27,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from siddm_lab.utils.lightning_compat import (
+    call_after_signal_handlers,
+    rank_processes,
+    signal_ranks,
+    spawned_rank_processes,
+)
+
 log = logging.getLogger("siddm_lab")
 
 EXIT_STATUS = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
@@ -76,10 +83,7 @@ class SignalStop(Callback):
     def _wrap_lightning_registration(self, trainer) -> None:
         """Put this handler back right after Lightning registers its own (at the start of ``fit``), so
         that Lightning's handler is never the one a signal reaches."""
-        connector = getattr(trainer, "_signal_connector", None)
-        if connector is None or isinstance(connector.__dict__.get("register_signal_handlers"), _TakeOver):
-            return
-        connector.register_signal_handlers = _TakeOver(connector, self)
+        call_after_signal_handlers(trainer, self.install)  # once per trainer (picklable: a bound method)
 
     def __getstate__(self) -> dict:  # spawned ranks get a copy without this process's handler and threads
         state = self.__dict__.copy()
@@ -108,18 +112,14 @@ class SignalStop(Callback):
         """The process that spawned its ranks (``ddp_spawn``) trains nothing itself: they get the signal. Ranks
         started by re-running the command learn of it in the all-reduce instead (a rank still starting up
         would be ended by the signal)."""
-        from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
-
-        launcher = getattr(getattr(self._trainer, "strategy", None), "launcher", None)
-        if isinstance(launcher, _MultiProcessingLauncher) and launcher.procs:
-            launcher.kill(signum)
+        if spawned_rank_processes(self._trainer):
+            signal_ranks(self._trainer, signum)
 
     def _force_exit(self) -> None:
         """The run did not end within ``grace_seconds`` of the signal: end it and the ranks it started."""
         log.error("the run did not stop within %.0f s of the termination signal: ending it without a new "
                   "checkpoint (resume from the newest one with ckpt_path=last)", self.grace_seconds)
-        launcher = getattr(getattr(self._trainer, "strategy", None), "launcher", None)
-        for proc in getattr(launcher, "procs", None) or []:
+        for proc in rank_processes(self._trainer):
             try:
                 proc.kill()
             except OSError:
@@ -155,18 +155,6 @@ class SignalStop(Callback):
             self._watchdog.daemon = True
             self._watchdog.start()
         return flag
-
-
-class _TakeOver:
-    """``register_signal_handlers`` of one Trainer: Lightning's, then ``SignalStop.install`` (picklable, as the
-    Trainer is for spawned ranks)."""
-
-    def __init__(self, connector, stop: SignalStop) -> None:
-        self.connector, self.stop = connector, stop
-
-    def __call__(self) -> None:
-        type(self.connector).register_signal_handlers(self.connector)
-        self.stop.install()
 
 
 def wait_for_launching_rank(parent_pid: int, timeout: float) -> None:

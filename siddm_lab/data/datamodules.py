@@ -22,6 +22,7 @@ from siddm_lab.data.sampling import ResumableBatchSampler, ResumableDataLoader
 from siddm_lab.data.toy import ToyDistribution
 from siddm_lab.errors import ConfigError, DataError
 from siddm_lab.utils import plotting
+from siddm_lab.utils.lightning_compat import consumed_batches
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,7 @@ class _Base(L.LightningDataModule):
         )
 
     def _consumed_batches(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+        return consumed_batches(getattr(self, "trainer", None))
 
     def train_dataloader(self):
         # The shuffling seed comes from the run's seed (seed_everything ran before): resumable batches.
