@@ -26,11 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from siddm_lab.cli.sample import _datamodule  # noqa: E402
 from siddm_lab.diffusion import build_sampler  # noqa: E402
 from siddm_lab.evaluation import data_metrics  # noqa: E402
 from siddm_lab.models.loading import load_model  # noqa: E402
 from siddm_lab.results import QUALITY_RULE, reaches_quality  # noqa: E402
+from siddm_lab.sampling import build_datamodule  # noqa: E402
 
 
 def run_case(model, dm, sampler, n: int, repeats: int, seed: int, batch_size: int) -> dict:
@@ -63,7 +63,7 @@ def main(argv=None):
 
     cases = []
     ddpm, cfg = load_model(args.ddpm, "ema", args.device)
-    dm = _datamodule(cfg, None)
+    dm = build_datamodule(cfg, None)
     T = ddpm.diffusion.num_timesteps
     plans = [(f"DDPM {T} steps", build_sampler(ddpm.diffusion, "ddpm", variance_type="fixed_small")),
              ("DDIM 50 steps", build_sampler(ddpm.diffusion, "ddim", eta=0.0, steps=50)),
@@ -75,9 +75,9 @@ def main(argv=None):
     for path in args.gan:
         model, cfg = load_model(path, "ema", args.device)
         name = f"{type(model).__name__}{'' if model.mode == 'siddm' else ' (ddgan)'} T={model.diffusion.num_timesteps}"
-        cases.append({"case": name, "ckpt": path, **run_case(model, _datamodule(cfg, None), model.default_sampler(),
-                                                             args.num_samples, args.repeats, args.seed,
-                                                             args.batch_size)})
+        case = run_case(model, build_datamodule(cfg, None), model.default_sampler(), args.num_samples, args.repeats,
+                        args.seed, args.batch_size)
+        cases.append({"case": name, "ckpt": path, **case})
         print(cases[-1], flush=True)
 
     base = cases[0]

@@ -447,7 +447,7 @@ def test_values_the_nets_are_built_from_name_their_own_key(overrides, expected):
 def test_bad_net_values_are_one_line_user_errors(overrides, expected, capsys):
     """Through Hydra's instantiate (InstantiationException) the nets' ConfigError reaches the user as one
     `error:` line and exit status 2."""
-    from siddm_lab.cli.common import user_errors
+    from siddm_lab.utils.entry import user_errors
 
     cfg = compose_cfg(overrides)
     validate(cfg)

@@ -39,9 +39,9 @@ def sample_cfg(overrides, out_dir):
 
 
 def run_sample(overrides, out_dir):
-    from siddm_lab.cli.sample import sample
+    from siddm_lab.sampling import sample_checkpoint
 
-    return sample(sample_cfg(overrides, out_dir))
+    return sample_checkpoint(sample_cfg(overrides, out_dir))
 
 
 @pytest.mark.parametrize(

@@ -3,64 +3,24 @@
 The teacher's checkpoint gives the student its network, process, parameterisation and data; ``distill=``
 chooses progressive distillation (``progressive``: halvings, a checkpoint and an evaluation per round) or
 one-step knowledge distillation (``knowledge``). The run is a ``siddm-train`` run of the student: same
-folder layout, resume (``ckpt_path=last``), loggers and final evaluation (the last student's plan).
+folder layout, resume (``ckpt_path=last``), loggers and final evaluation (the last student's plan). The
+student's run is built by ``siddm_lab.distillation``.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from siddm_lab.cli.common import CONF_DIR, optimized_value, user_errors
 from siddm_lab.cli.train import train
-from siddm_lab.config import validate
-from siddm_lab.errors import ConfigError
-from siddm_lab.models.distill import ProgressiveDistillation
-from siddm_lab.models.loading import load_model
-
-
-def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
-    """The student's run config: this config with the teacher's net, process and data in ``model``,
-    ``diffusion`` and ``dataset``, and the final student's sampler."""
-    tm = teacher_cfg.model
-    run = OmegaConf.to_container(cfg, resolve=False)  # interpolations (paths, periods) resolve in the run
-    teacher_sampler = teacher_cfg.get("sampler") or {}
-    model = {**run.pop("distill"), "net": OmegaConf.to_container(tm.net),
-             "diffusion": OmegaConf.to_container(tm.diffusion), "teacher_prediction_type": tm.prediction_type,
-             "clip_x0": teacher_sampler.get("clip_x0")}
-    dataset = OmegaConf.to_container(teacher_cfg.dataset)
-    run.pop("train_batch_size"), run.pop("data_dir")  # applied to the dataset
-    if cfg.data_dir is not None and "reader" in dataset and "root" in dataset["reader"]:
-        dataset["reader"]["root"] = str(cfg.data_dir)
-    if cfg.train_batch_size is not None:
-        dataset["batch_size"] = int(cfg.train_batch_size)
-    run.update(model=model, dataset=dataset, diffusion=OmegaConf.to_container(teacher_cfg.get("diffusion") or {}))
-    if model["_target_"].endswith("ProgressiveDistillation"):
-        run["trainer"]["max_steps"] = int(model["rounds"]) * int(model["steps_per_round"])
-        run["trainer"]["val_check_interval"] = int(model["steps_per_round"])
-    return OmegaConf.create(run)
+from siddm_lab.config import CONF_DIR
+from siddm_lab.distillation import student_run
+from siddm_lab.utils.entry import optimized_value, user_errors
 
 
 def distill(cfg: DictConfig) -> dict:
-    validate(cfg)  # the distillation's own keys (distill.*), named as the user sets them
-    # the frozen teacher stays in eval mode (Lightning warns about any module in eval mode at the start)
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-    teacher, teacher_cfg = load_model(cfg.teacher, cfg.weights)
-    if type(teacher).__name__ not in ("DDPM", "DDIM", "ProgressiveDistillation"):
-        raise ConfigError(f"teacher={cfg.teacher} is a {type(teacher).__name__} checkpoint; distillation needs a "
-                          f"DDPM/DDIM denoiser (a diffusion GAN's generator chain is stochastic)")
-    run = student_config(cfg, teacher_cfg)
-    run.teacher_train_step = teacher.global_step_at_save  # recorded in the run's config.yaml
-    student = hydra.utils.instantiate(run.model)  # the final student's plan, before anything is written
-    if isinstance(student, ProgressiveDistillation):
-        plan = student.student_plan(student.rounds - 1)
-    else:
-        plan = student.student_plan()
-    run.sampler = {"_target_": "siddm_lab.diffusion.DDIMSampler", "_partial_": True, "eta": 0.0, "steps": None,
-                   "subsequence": {"name": "explicit", "timesteps": plan}, "clip_x0": run.model.clip_x0}
-    return train(run, init_model=lambda model: model.init_from_teacher(teacher.net))
+    run, init_model = student_run(cfg)
+    return train(run, init_model=init_model)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="distill")

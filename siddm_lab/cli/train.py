@@ -15,11 +15,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from siddm_lab.cli.common import CONF_DIR, optimized_value, user_errors
-from siddm_lab.config import validate
+from siddm_lab.config import CONF_DIR, validate
 from siddm_lab.models.init_from import weights_initialiser
 from siddm_lab.resume import resolve_ckpt_path
 from siddm_lab.training import build_model, build_trainer, check_samplers, finish, fit
+from siddm_lab.utils.entry import optimized_value, user_errors
 from siddm_lab.utils.loggers import build_callbacks, build_loggers
 from siddm_lab.utils.run_files import accept_output_dir, write_resolved_config
 from siddm_lab.utils.threads import apply_threads, local_processes

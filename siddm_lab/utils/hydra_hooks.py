@@ -15,7 +15,7 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.experimental.callback import Callback
 
-from siddm_lab.cli.common import USER_ERROR_STATUS
+from siddm_lab.utils.entry import USER_ERROR_STATUS
 
 
 def _refuse(message: str):

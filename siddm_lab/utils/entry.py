@@ -1,22 +1,17 @@
-"""Glue shared by the entry points: the config folder, the framework's logger and error reporting
-(loggers and callbacks: ``siddm_lab.utils.loggers``; output files: ``siddm_lab.utils.run_files``)."""
+"""What the entry points share around a job: a user error (bad config, data, checkpoint, NaN loss) as one
+line on stderr and exit status 2, and the value a job returns to Hydra."""
 
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from typing import NoReturn
 
 from hydra.errors import InstantiationException
 
-from siddm_lab.config import CONF_DIR  # noqa: F401 - the entry points' config_path
 from siddm_lab.errors import SiddmError
+from siddm_lab.utils.loggers import log
 from siddm_lab.utils.run_files import JobFiles
-
-log = logging.getLogger("siddm_lab")
-
-
 
 USER_ERROR_STATUS = 2  # as argparse's usage errors; 1 stays for crashes (tracebacks)
 
