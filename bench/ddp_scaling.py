@@ -32,7 +32,7 @@ def run(processes: int, steps: int, batch: int, model: str, out: Path) -> float:
     optimizer_steps = steps * (2 if model == "siddm" else 1)
     args = [sys.executable, "-m", "siddm_lab.train", *trainer, *MODEL_ARGS[model], "logger=none",
             "trainer.enable_progress_bar=false", f"trainer.max_steps={optimizer_steps}",
-            f"trainer.val_check_interval={steps}", "model.eval_num_samples=0", "eval.num_samples=100",
+            f"trainer.val_check_interval={steps}", "callbacks.evaluation.num_samples=0", "eval.num_samples=100",
             f"dataset.batch_size={per_rank}", "dataset.n_train=200000", f"hydra.run.dir={out}"]
     env = dict(os.environ, OMP_NUM_THREADS=str(2 // processes), WANDB_MODE="disabled")
     r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -44,7 +44,7 @@ def run_cli(overrides, out_dir, threads):
 
 def end_to_end(cell, seeds, iters, repeats, threads, device="cpu"):
     common = [*cell, *(["trainer=gpu"] if device == "cuda" else []), f"trainer.max_steps={iters}",
-              f"trainer.val_check_interval={iters}", "model.eval_num_samples=0",
+              f"trainer.val_check_interval={iters}", "callbacks.evaluation.num_samples=0",
               "eval.num_samples=2000", "eval.batch_size=2000", "logger=none", "trainer.enable_progress_bar=false"]
     old, new = [], []
     with tempfile.TemporaryDirectory() as tmp:

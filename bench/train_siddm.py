@@ -45,8 +45,8 @@ from siddm_lab.utils.loggers import build_callbacks, build_loggers  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
-COMMON = ["trainer.enable_progress_bar=false", "trainer.val_check_interval=100000", "model.eval_num_samples=0",
-          "logger=csv"]
+COMMON = ["trainer.enable_progress_bar=false", "trainer.val_check_interval=100000",
+          "callbacks.evaluation.num_samples=0", "logger=csv"]
 IMAGE_CASES = {
     # case: (overrides, batch)
     "mnist": (["experiment=siddm_mnist"], None),

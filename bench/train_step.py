@@ -58,7 +58,7 @@ def case_config(case: str, out_dir: Path):
         overrides = ["experiment=ddpm_mnist", f"paths.data_dir={data_dir}", "dataset.subset=2048",
                      "dataset.batch_size=32"]
     overrides += ["trainer.enable_progress_bar=false", "trainer.val_check_interval=100000",
-                  "model.eval_num_samples=0", "logger=csv"]
+                  "callbacks.evaluation.num_samples=0", "logger=csv"]
     return compose(overrides, output_dir=out_dir)
 
 

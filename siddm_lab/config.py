@@ -57,7 +57,6 @@ RULES: list[Rule] = [
     ("subsequence.name", lambda v: v in SUBSEQUENCES, f"one of {', '.join(SUBSEQUENCES)}"),
     ("num_samples", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("model.eval_num_samples", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     ("model.optimizer.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
     ("model.optimizer_g.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
     ("model.optimizer_d.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
@@ -88,8 +87,16 @@ RULES: list[Rule] = [
 ]
 
 
+# Keys that moved, with where they are now (a config or command line of an earlier version names them).
+MOVED = {"model.eval_num_samples": "callbacks.evaluation.num_samples",
+         "distill.eval_num_samples": "callbacks.evaluation.num_samples"}
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value (or an interpolation that does not resolve)."""
+    for old, new in MOVED.items():
+        if _get(cfg, old) is not _MISSING:
+            raise ConfigError(f"{old} is now {new} (the periodic evaluation is a callback): set {new} instead")
     for key in cfg:
         if key == "hydra":
             continue

@@ -20,7 +20,6 @@ from siddm_lab.config import validate
 from siddm_lab.diffusion import DDIMSampler, Inversion, ddim_invert, slerp
 from siddm_lab.errors import ConfigError
 from siddm_lab.evaluation import draw, evaluate
-from siddm_lab.models import SIDDM
 from siddm_lab.models.distill import Distillation
 from siddm_lab.models.loading import load_model
 from siddm_lab.utils.loggers import log, run_identity, wandb_log_job
@@ -29,8 +28,6 @@ from siddm_lab.utils.run_files import accept_output_dir, write_json, write_resol
 from siddm_lab.utils.threads import apply_threads
 
 MODES = ("sample", "interpolate", "reconstruct", "invert")
-GENERATOR_TARGET = "siddm_lab.diffusion.GeneratorChain"
-STUDENT_TARGET = "siddm_lab.models.distill.student_sampler"
 
 
 DEVICES = "auto, cpu, cuda or cuda:<index>"
@@ -77,24 +74,14 @@ def build_datamodule(run_cfg: DictConfig, data_dir):
     return instantiate(dcfg)
 
 
-def check_sampler_for_checkpoint(model, sampler_cfg: DictConfig, mode: str):
-    """Check the sampler config (``sampler``) and the mode against the loaded checkpoint's model and return
-    the sampler bound to its process: a continuous-time diffusion GAN needs ``sampler=generator``, which needs
-    a diffusion GAN; modes other than ``sample`` need a deterministic decoder; ``sampler=student`` gets the
-    model; a distilled student sampled with another plan than its own is warned about."""
-    generator_chain = sampler_cfg.get("_target_") == GENERATOR_TARGET
-    if isinstance(model, SIDDM) and model.continuous and not generator_chain:
-        raise ConfigError("this checkpoint is a continuous-time diffusion GAN: sample it with sampler=generator "
-                          "(sampler.steps = K generator steps, any K >= 1)")
-    if generator_chain and not isinstance(model, SIDDM):
-        raise ConfigError(f"sampler=generator runs a diffusion GAN's generator chain; this checkpoint is a "
-                          f"{type(model).__name__}: use sampler=ddim or sampler=ddpm")
-    if mode != "sample" and isinstance(model, SIDDM):
-        raise ConfigError(f"mode={mode} needs a deterministic decoder (a DDPM/DDIM checkpoint with sampler=ddim "
-                          f"sampler.eta=0); a diffusion GAN's generator draws a latent at every step: use mode=sample")
-    if sampler_cfg.get("_target_") == STUDENT_TARGET:
-        return instantiate(sampler_cfg)(diffusion=model.diffusion, model=model)
-    sampler = instantiate(sampler_cfg)(diffusion=model.diffusion)
+def sampler_for_checkpoint(model, sampler_cfg: DictConfig, mode: str):
+    """The sampler of ``sampler_cfg`` bound to the loaded model and checked against it (``check_sampler``, the
+    one refusal: e.g. a continuous-time diffusion GAN samples only with its generator chain); modes other than
+    ``sample`` decode deterministically, which they add to what the sampler needs. A distilled student sampled
+    with another plan than its own (``sampler=student``) is warned about."""
+    extra = ("deterministic",) if mode != "sample" else ()
+    sampler = model.get_sampler(instantiate(sampler_cfg), extra, what=f"mode={mode}" if extra else None,
+                                hint="sample it with mode=sample")
     own = model.student_plan() if isinstance(model, Distillation) else None
     if own is not None and list(getattr(sampler, "timesteps", [])) != list(own):
         log.warning(f"this checkpoint is a distilled student trained for its {len(own)}-step plan {own}; it is "
@@ -118,7 +105,7 @@ def sample_checkpoint(cfg: DictConfig) -> dict:
     refuse_earlier_results(out_dir)
     accept_output_dir(out_dir)
     model, run_cfg = load_model(cfg.ckpt, cfg.weights, device, cfg.get("member"))
-    sampler = check_sampler_for_checkpoint(model, cfg.sampler, cfg.mode)
+    sampler = sampler_for_checkpoint(model, cfg.sampler, cfg.mode)
     dm = build_datamodule(run_cfg, cfg.data_dir)
     info = {"ckpt": str(cfg.ckpt), "model": type(model).__name__, "T": model.diffusion.num_timesteps,
             **sampler.settings(), "seed": int(cfg.seed), "weights": cfg.weights, "member": cfg.get("member"),

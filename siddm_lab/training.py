@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from siddm_lab.callbacks.checkpoint import ExceptionCheckpoint
+from siddm_lab.callbacks.run_config import RunConfig
 from siddm_lab.callbacks.signals import EXIT_STATUS, SignalStop, wait_for_launching_rank
 from siddm_lab.errors import ConfigError, NonFiniteSamplesError
 from siddm_lab.utils.lightning_compat import spawned_rank_processes, uses_script_launcher
@@ -24,8 +25,9 @@ from siddm_lab.utils.run_files import write_json
 
 def eval_samplers(cfg: DictConfig, model) -> list:
     """The samplers of the final evaluation: ``sampler`` bound to the model's process, once per step
-    count of ``eval.steps`` (null = ``sampler.steps``; a list evaluates each, the first is the primary)."""
-    return _eval_samplers(cfg, model.diffusion)
+    count of ``eval.steps`` (null = ``sampler.steps``; a list evaluates each, the first is the primary),
+    each checked against the model (``check_sampler``: a sampler the model cannot serve is refused)."""
+    return [model.get_sampler(s) for s in _eval_samplers(cfg, model.diffusion)]
 
 
 def _eval_samplers(cfg: DictConfig, diffusion) -> list:
@@ -126,7 +128,8 @@ def build_trainer(cfg: DictConfig, callbacks, loggers, model=None) -> L.Trainer:
       (Lightning #11300, Hydra #2070): the job spawns its processes instead (one output dir per job, a
       failing rank fails the job). Processes started by SLURM or torchrun are used as they are.
     """
-    callbacks = [*callbacks, SignalStop()]  # not a config option: how a run stops on a signal
+    # not config options: how a run stops on a signal, and the run's config in every checkpoint
+    callbacks = [*callbacks, SignalStop(), RunConfig(OmegaConf.to_container(cfg, resolve=True))]
     strategy = cfg.trainer.get("strategy")
     if not (OmegaConf.is_dict(strategy) and str(strategy.get("_target_", "")).endswith("DDPStrategy")):
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -26,7 +26,7 @@ TINY = [
     "dataset.n_eval=500",
     "dataset.batch_size=128",
     "net.hidden=32",
-    "model.eval_num_samples=100",
+    "callbacks.evaluation.num_samples=100",
     "eval.num_samples=200",
 ]
 
@@ -106,7 +106,7 @@ def test_one_failing_rank_ends_the_job_with_its_error(tmp_path, trainer, rank):
     job exits non-zero with that rank's error, writes no on-exception checkpoint (a checkpoint is
     saved by all ranks together, which the waiting rank cannot join) and keeps last.ckpt."""
     rc, out = _cli_bounded("model=ddpm", *TINY, "diffusion.steps=50", f"trainer={trainer}", "trainer.max_steps=40",
-                           "trainer.val_check_interval=20", "model.eval_num_samples=0",
+                           "trainer.val_check_interval=20", "callbacks.evaluation.num_samples=0",
                            "+callbacks.fail._target_=tests.helpers.FailAt", "+callbacks.fail.step=25",
                            f"+callbacks.fail.rank={rank}", f"hydra.run.dir={tmp_path}", timeout=120)
     assert rc != 0, out[-3000:]
@@ -167,7 +167,7 @@ def _signal_ddp_run(out_dir, *, moment: str, delay: float, to: str, max_seconds:
     exit status and the output; fails the test if the job outlives the signal by ``max_seconds``."""
     import time
 
-    args = ["model=ddpm", *TINY, "model.eval_num_samples=0", "diffusion.steps=50", "trainer=ddp_cpu",
+    args = ["model=ddpm", *TINY, "callbacks.evaluation.num_samples=0", "diffusion.steps=50", "trainer=ddp_cpu",
             "trainer.max_steps=20000", "trainer.val_check_interval=1000", f"hydra.run.dir={out_dir}"]
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "siddm_lab.train", *args], cwd=ROOT, env=env, text=True,
@@ -234,7 +234,8 @@ def test_a_ddp_run_stopped_by_sigterm_resumes_with_ckpt_path_last(tmp_path):
     assert rc == 143, out[-3000:]
     step = torch.load(tmp_path / "checkpoints" / "on_exception.ckpt", weights_only=True,
                       map_location="cpu")["global_step"]
-    rc, out = _cli_bounded("model=ddpm", *TINY, "model.eval_num_samples=0", "diffusion.steps=50", "trainer=ddp_cpu",
+    rc, out = _cli_bounded("model=ddpm", *TINY,
+    "callbacks.evaluation.num_samples=0", "diffusion.steps=50", "trainer=ddp_cpu",
                            f"trainer.max_steps={step + 8}", "trainer.val_check_interval=1000", "ckpt_path=last",
                            f"hydra.run.dir={tmp_path}", timeout=300)
     assert rc == 0, out[-3000:]

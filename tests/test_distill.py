@@ -18,8 +18,8 @@ from tests.helpers import FAST, run_train
 
 TEACHER = ["dataset.n_train=1024", "dataset.n_val=128", "dataset.n_eval=300", "dataset.batch_size=128",
            "net.hidden=32", "diffusion.steps=50", "trainer.max_steps=30", "trainer.val_check_interval=30",
-           "model.eval_num_samples=0", "eval.num_samples=100"]
-SMALL = ["distill.eval_num_samples=64", "eval.num_samples=200", "eval.batch_size=200"]
+           "callbacks.evaluation.num_samples=0", "eval.num_samples=100"]
+SMALL = ["callbacks.evaluation.num_samples=64", "eval.num_samples=200", "eval.batch_size=200"]
 BUILD_ERRORS = (ConfigError, InstantiationException)  # the CLI reports the ConfigError inside Hydra's wrapper
 PD = ["distill.teacher_steps=8", "distill.rounds=3", "distill.steps_per_round=4"]
 
@@ -140,7 +140,7 @@ def test_teachers_that_cannot_be_distilled_are_refused(tmp_path, teacher):
     siddm = tmp_path / "siddm"
     run_train(["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "discriminator.hidden=32",
                "dataset.n_train=256", "dataset.n_val=128", "dataset.n_eval=100", "dataset.batch_size=128",
-               "trainer.max_steps=2", "trainer.val_check_interval=2", "model.eval_num_samples=0",
+               "trainer.max_steps=2", "trainer.val_check_interval=2", "callbacks.evaluation.num_samples=0",
                "eval.num_samples=100"], siddm)
     with pytest.raises(ConfigError, match="distillation needs a DDPM/DDIM denoiser"):
         run_distill(SMALL + PD, tmp_path / "a", siddm / "checkpoints" / "last.ckpt")
@@ -157,7 +157,7 @@ def test_teachers_that_cannot_be_distilled_are_refused(tmp_path, teacher):
 def test_a_gamma_teacher_is_refused(tmp_path):
     gamma = tmp_path / "gamma"
     run_train(TEACHER[:-3] + ["noise=gamma", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                              "model.eval_num_samples=0", "eval.num_samples=100"], gamma)
+                              "callbacks.evaluation.num_samples=0", "eval.num_samples=100"], gamma)
     with pytest.raises(BUILD_ERRORS, match="trained with noise=gamma"):
         run_distill(SMALL + PD, tmp_path / "a", gamma / "checkpoints" / "last.ckpt")
 

@@ -48,7 +48,7 @@ def test_nets_with_other_parameters_are_refused():
 
 
 TINY = FAST + ["dataset.n_train=1024", "dataset.n_val=64", "dataset.n_eval=300", "dataset.batch_size=64",
-               "model.eval_num_samples=100", "eval.num_samples=200", "eval.batch_size=200",
+               "callbacks.evaluation.num_samples=100", "eval.num_samples=200", "eval.batch_size=200",
                "trainer.max_steps=6", "trainer.val_check_interval=3"]
 RECIPES = {
     "paper": ["experiment=siddm_toy", "net.hidden=16", "discriminator.hidden=16",

@@ -112,7 +112,8 @@ def test_a_diverged_model_reports_no_metrics(tmp_path):
     """A learning rate of 3e3 diverges with a finite loss (~1e32), past the NaN stop: the samples are NaN and
     metrics.json said fd_2d nan with exit 0. The evaluation now stops, the checkpoints are kept."""
     with pytest.raises(NonFiniteSamplesError) as e:
-        run_train(TINY_TOY + ["model.optimizer.lr=3e3", "trainer.max_steps=100", "model.eval_num_samples=0"], tmp_path)
+        run_train(TINY_TOY + ["model.optimizer.lr=3e3", "trainer.max_steps=100",
+                              "callbacks.evaluation.num_samples=0"], tmp_path)
     msg = str(e.value)
     assert "samples hold NaN or infinite values" in msg and "model.optimizer.lr" in msg, msg
     assert "the last logged training loss is" in msg and "no metrics.json is written" in msg, msg
@@ -207,8 +208,10 @@ class NaNWeightsAt(Callback):
 def test_a_nan_stop_says_whether_a_checkpoint_is_kept(tmp_path, step, kept):
     """18: a NaN loss at step 0 said "the last checkpoint is kept" where there is none."""
     with pytest.raises(NonFiniteLossError) as e:
-        run_train(TINY_TOY + ["model.eval_num_samples=0", "+callbacks.nan._target_=tests.test_failures.NaNWeightsAt",
-                              f"+callbacks.nan.step={step}"], tmp_path)
+        run_train(TINY_TOY + ["callbacks.evaluation.num_samples=0",
+                              "+callbacks.nan._target_=tests.test_failures.NaNWeightsAt",
+                              f"+callbacks.nan.step={step}"],
+                  tmp_path)
     msg = str(e.value)
     assert f"is nan at step {step};" in msg, msg
     assert ("the last checkpoint is kept" in msg) == kept and ("no checkpoint is written" in msg) == (not kept), msg
@@ -219,7 +222,7 @@ def test_the_exception_checkpoint_says_it_saves_the_whole_state(tmp_path, caplog
     """18: every on-exception checkpoint logged Lightning's "`weights_only` was not set, defaulting to False",
     which reads like an unsafe load."""
     with caplog.at_level(logging.INFO), pytest.raises(RuntimeError, match="injected failure"):
-        run_train(TINY_TOY + ["model.eval_num_samples=0", "+callbacks.fail._target_=tests.helpers.FailAt",
+        run_train(TINY_TOY + ["callbacks.evaluation.num_samples=0", "+callbacks.fail._target_=tests.helpers.FailAt",
                               "+callbacks.fail.step=3"], tmp_path)
     assert (tmp_path / "checkpoints" / "on_exception.ckpt").is_file()
     assert "weights_only" not in caplog.text
@@ -249,7 +252,7 @@ def test_a_refused_run_leaves_the_earlier_runs_files_byte_identical(tmp_path):
     """3: a run refused in an earlier run's folder had Hydra rewrite its .hydra/*.yaml (and append to its log)
     first, so that siddm-collect listed the earlier metrics under the refused run's values."""
     args = ["trainer.enable_progress_bar=false", *TINY_TOY, "trainer.max_steps=4", "trainer.val_check_interval=4",
-            "model.eval_num_samples=0"]
+            "callbacks.evaluation.num_samples=0"]
     assert _cli("siddm_lab.train", *args, f"hydra.run.dir={tmp_path}").returncode == 0
     before = _tree(tmp_path)
     assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log", "metrics.json"} <= \

@@ -138,7 +138,7 @@ def test_train_and_sample_a_gamma_ddpm_and_refuse_it_for_siddm(tmp_path):
 
     out = tmp_path / "gamma"
     run_train(TINY_TOY + ["noise=gamma", "noise.theta0=0.01", "trainer.max_steps=20", "trainer.val_check_interval=20",
-                          "model.eval_num_samples=0"], out)
+                          "callbacks.evaluation.num_samples=0"], out)
     model, cfg = load_model(out / "checkpoints" / "last.ckpt")
     assert isinstance(model.diffusion, GammaDiffusion) and model.diffusion.theta0 == 0.01
     info = run_sample([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "sampler=ddpm", "num_samples=64",

@@ -72,7 +72,7 @@ def test_image_iteration_terms_and_every_parameter_steps(model, ablation):
 @pytest.mark.parametrize("model,ablation", [("siddm", "full"), ("ddgan", "full"), ("siddm", "no_afd")])
 def test_image_gan_trains_through_lightning(model, ablation, tmp_path):
     metrics, _ = run_train(TINY[2:] + [f"model={model}", f"ablation={ablation}", "trainer.max_steps=6",
-                                       "trainer.val_check_interval=3", "model.eval_num_samples=16",
+                                       "trainer.val_check_interval=3", "callbacks.evaluation.num_samples=16",
                                        "eval.num_samples=32", "eval.batch_size=32",
                                        "model.log_every_n_steps=1", "trainer.log_every_n_steps=1"], tmp_path)
     assert metrics["nfe"] == 4
@@ -122,7 +122,7 @@ def test_bf16_autocast_stays_within_bf16_rounding():
 
 def test_speed_callback_keeps_parameter_names_and_checkpoints(tmp_path):
     metrics, _ = run_train(TINY[2:] + ["trainer.max_steps=2", "trainer.val_check_interval=2",
-                                       "model.eval_num_samples=0", "eval.num_samples=16",
+                                       "callbacks.evaluation.num_samples=0", "eval.num_samples=16",
                                        "callbacks.speed.channels_last=true"], tmp_path)
     ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     plain = build()
@@ -157,7 +157,7 @@ def test_compile_with_r1_trains_the_generator_compiled_and_the_discriminator_eag
     """R1 needs the discriminator's double backward, which compiled modules lack: a run with compile and R1
     (at iteration 0 and every 2nd) trains, with the generator compiled."""
     metrics, _ = run_train(TINY[2:] + ["trainer.max_steps=3", "trainer.val_check_interval=3",
-                                       "model.eval_num_samples=0", "eval.num_samples=16",
+                                       "callbacks.evaluation.num_samples=0", "eval.num_samples=16",
                                        "callbacks.speed.compile=true"], tmp_path)
     assert metrics["nfe"] == 4
     ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

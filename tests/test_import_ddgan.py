@@ -341,7 +341,8 @@ def image_folder(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
 
 FINETUNE = ["model=siddm_image", "net=ncsnpp_gen", "discriminator=ddgan_small", "schedule=ddgan_vp",
             "diffusion.steps=4", *NARROW[1:], "dataset=image_folder", "dataset.num_workers=0", "dataset.batch_size=8",
-            "dataset.val_size=8", "trainer.max_steps=3", "trainer.val_check_interval=3", "model.eval_num_samples=8",
+            "dataset.val_size=8", "trainer.max_steps=3", "trainer.val_check_interval=3",
+            "callbacks.evaluation.num_samples=8",
             "eval.num_samples=8", "eval.batch_size=8", "model.log_every_n_steps=1", "threads=1"]
 
 

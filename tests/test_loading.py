@@ -205,7 +205,7 @@ def test_a_checkpoint_of_every_model_option_loads(tmp_path, name):
 
     recipe = _RECIPES.get(name, ["diffusion.steps=50", "net.hidden=32", "discriminator.hidden=32", *_TOY_DATA])
     run_train([f"model={name}", *recipe, "trainer.max_steps=2", "trainer.val_check_interval=2",
-               "model.eval_num_samples=0", "eval.num_samples=16"], tmp_path)
+               "callbacks.evaluation.num_samples=0", "eval.num_samples=16"], tmp_path)
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     model, cfg = load_model(ckpt)
     assert cfg.model._target_ == torch.load(ckpt, weights_only=True)["siddm_config"]["model"]["_target_"]
@@ -218,7 +218,8 @@ def test_a_checkpoint_of_the_earlier_layout_loads_with_the_same_weights(tmp_path
     from tests.helpers import run_train
 
     run_train(["diffusion.steps=20", "net.hidden=16", *_TOY_DATA, "trainer.max_steps=2",
-               "trainer.val_check_interval=2", "model.eval_num_samples=0", "eval.num_samples=16"], tmp_path / "run")
+               "trainer.val_check_interval=2",
+               "callbacks.evaluation.num_samples=0", "eval.num_samples=16"], tmp_path / "run")
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     old = dict(ckpt)
     old["state_dict"] = {k.removeprefix("generator."): v for k, v in ckpt["state_dict"].items()}

@@ -24,7 +24,7 @@ BASE = [
     "dataset.n_eval=300",
     "dataset.batch_size=128",
     "net.hidden=32",
-    "model.eval_num_samples=64",
+    "callbacks.evaluation.num_samples=64",
     "eval.num_samples=300",
     "trainer.val_check_interval=4",
     "logger=csv",
@@ -90,7 +90,7 @@ def _cli_proc(args, env_extra=None):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path, sig):
     args = ["trainer.enable_progress_bar=false", *BASE, "diffusion.steps=50", "trainer.max_steps=100000",
-            "trainer.val_check_interval=1000", "model.eval_num_samples=0", f"hydra.run.dir={tmp_path}"]
+            "trainer.val_check_interval=1000", "callbacks.evaluation.num_samples=0", f"hydra.run.dir={tmp_path}"]
     proc = _cli_proc(args)
     log = tmp_path / "train.log"
     deadline = time.time() + 240
@@ -109,7 +109,7 @@ def test_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path, sig):
     assert not (tmp_path / "metrics.json").exists()  # an interrupted run is not reported as finished
     # resume to a few steps further
     r = subprocess.run([sys.executable, "-m", "siddm_lab.train", *args[:-4], f"trainer.max_steps={step + 8}",
-                        "trainer.val_check_interval=4", "model.eval_num_samples=0", "ckpt_path=last",
+                        "trainer.val_check_interval=4", "callbacks.evaluation.num_samples=0", "ckpt_path=last",
                         f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, WANDB_MODE="offline"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -132,7 +132,7 @@ def test_resuming_from_a_checkpoint_with_pickled_objects_is_refused(tmp_path, ho
         run_train(BASE + MODELS["ddpm"] + ["trainer.max_steps=4", f"ckpt_path={ckpt}"], tmp_path)
 
 
-SMALL = BASE + ["diffusion.steps=50", "trainer.max_steps=4", "model.eval_num_samples=0"]
+SMALL = BASE + ["diffusion.steps=50", "trainer.max_steps=4", "callbacks.evaluation.num_samples=0"]
 
 
 def _files(folder) -> dict:
@@ -191,7 +191,8 @@ def _csv_rows(folder):
 def test_a_resume_may_train_longer_and_change_evaluation_and_logging(tmp_path):
     run_train(SMALL, tmp_path)
     before = _csv_rows(tmp_path)
-    metrics, _ = run_train(SMALL + ["trainer.max_steps=8", "model.eval_num_samples=32", "model.log_every_n_steps=2",
+    metrics, _ = run_train(SMALL + ["trainer.max_steps=8",
+                                    "callbacks.evaluation.num_samples=32", "model.log_every_n_steps=2",
                                     "eval.num_samples=100", "ckpt_path=last"], tmp_path)
     assert metrics["global_step"] == 8
     # the resumed run appends to metrics.csv: the first run's rows are still there, values unchanged

@@ -25,7 +25,8 @@ from tests.test_train import TINY_TOY
 @pytest.fixture(scope="module")
 def toy_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    run_train(TINY_TOY + ["trainer.max_steps=30", "trainer.val_check_interval=30", "model.eval_num_samples=0"], out)
+    run_train(TINY_TOY + ["trainer.max_steps=30", "trainer.val_check_interval=30",
+                          "callbacks.evaluation.num_samples=0"], out)
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -234,7 +235,7 @@ def gan_ckpt(tmp_path_factory):
     run_train(["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "net.hidden=16",
                "discriminator.hidden=16", "dataset.n_train=256", "dataset.n_val=64", "dataset.n_eval=64",
                "dataset.batch_size=64", "trainer.max_steps=2", "trainer.val_check_interval=2",
-               "model.eval_num_samples=0", "eval.num_samples=16"], out)
+               "callbacks.evaluation.num_samples=0", "eval.num_samples=16"], out)
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -242,7 +243,8 @@ def gan_ckpt(tmp_path_factory):
 def test_a_diffusion_gan_is_not_decoded_as_if_deterministic(gan_ckpt, tmp_path, mode):
     """Interpolation and DDIM inversion need a deterministic decoder; a diffusion GAN draws a latent at
     every step (its own seeded z was bypassed there before): refused with what to use instead."""
-    with pytest.raises(ConfigError, match=f"mode={mode} needs a deterministic decoder.*mode=sample"):
+    with pytest.raises(ConfigError, match=f"sampler=ddim with mode={mode} needs a deterministic denoiser.*diffusion "
+                                          f"GAN.*fit it with mode={mode}: none \\(sample it with mode=sample\\)"):
         run_sample([f"ckpt={gan_ckpt}", f"mode={mode}", "sampler=ddim", "sampler.steps=4"], tmp_path)
 
 
@@ -275,7 +277,8 @@ def test_deq_and_picard_sample_a_ddpm_checkpoint_like_sequential_ddim(toy_ckpt, 
 
 def test_fixed_point_samplers_refuse_a_diffusion_gan(gan_ckpt, tmp_path):
     for name in ("deq", "picard"):
-        with pytest.raises(ConfigError, match=f"sampler={name} solves a deterministic DDIM chain.*sampler=generator"):
+        with pytest.raises(ConfigError, match=f"sampler={name} needs a deterministic denoiser.*which this diffusion GAN "
+                                              f"\\(SIDDM: it samples with its generator chain\\).*fit it: .*generator"):
             run_sample([f"ckpt={gan_ckpt}", f"sampler={name}", "sampler.steps=4", "num_samples=8"], tmp_path / name)
 
 

@@ -13,7 +13,7 @@ from tests.helpers import FAST, compose_cfg, run_train
 TOY = FAST + [
     "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "dataset.n_train=2048", "dataset.n_val=256",
     "dataset.n_eval=500", "dataset.batch_size=128", "net.hidden=32", "discriminator.hidden=32",
-    "model.eval_num_samples=100", "eval.num_samples=200",
+    "callbacks.evaluation.num_samples=100", "eval.num_samples=200",
 ]
 
 

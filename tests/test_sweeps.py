@@ -79,7 +79,7 @@ def _image_folder(root, n=12, size=16):
 
 
 TINY_IMAGES = ["trainer=cpu", "trainer.devices=1", "trainer.max_steps=2", "trainer.val_check_interval=1",
-               "model.eval_num_samples=0", "eval.num_samples=4", "eval.batch_size=4", "dataset.batch_size=2",
+               "callbacks.evaluation.num_samples=0", "eval.num_samples=4", "eval.batch_size=4", "dataset.batch_size=2",
                "dataset.val_size=2",
                "dataset.num_workers=0", "dataset.metrics.names=[]", "logger=csv", "trainer.precision=32-true"]
 # DDGAN's nets (NCSN++, Discriminator_small/large) narrowed, their layout kept
@@ -110,7 +110,7 @@ def test_first_job_of_each_image_table_runs_tiny(experiment, tmp_path):
 def test_first_job_of_each_toy_sweep_runs_tiny(experiment, tmp_path):
     job = expand("train", experiment)[0]
     tiny = ["trainer.max_steps=4", "trainer.val_check_interval=2", "dataset.n_train=1024", "dataset.n_val=64",
-            "dataset.n_eval=200", "dataset.batch_size=64", "model.eval_num_samples=0", "eval.num_samples=200",
+            "dataset.n_eval=200", "dataset.batch_size=64", "callbacks.evaluation.num_samples=0", "eval.num_samples=200",
             "eval.batch_size=200", "net.hidden=16", "logger=csv"]
     metrics, _ = run_train([f"experiment={experiment}", *job, *tiny], tmp_path)
     assert metrics["global_step"] == 4 and "fd_2d" in metrics
@@ -124,7 +124,8 @@ def test_each_row_of_the_mnist_table_runs_tiny(row, tmp_path):
     for split, n in (("train", 64), ("test", 16)):
         _write_mnist(tmp_path / "data", split, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
                      rng.integers(0, 10, n, dtype=np.uint8))
-    tiny = ["trainer.max_steps=2", "trainer.val_check_interval=2", "model.eval_num_samples=0", "eval.num_samples=8",
+    tiny = ["trainer.max_steps=2", "trainer.val_check_interval=2",
+            "callbacks.evaluation.num_samples=0", "eval.num_samples=8",
             "eval.batch_size=8", "dataset.val_size=8", "dataset.metrics.names=[]", "dataset.reader.verify=none",
             f"paths.data_dir={tmp_path / 'data'}", "logger=csv"]
     metrics, cfg = run_train(["experiment=siddm_mnist_table", f"+experiment/siddm_mnist_table={row}", "seed=0",

@@ -73,7 +73,7 @@ def test_parallel_launcher_gives_each_job_its_share_of_the_cores(tmp_path):
 
     cmd = [sys.executable, "-m", "siddm_lab.train", "-m", "hydra/launcher=parallel", "seed=0,1",
            "trainer.max_steps=5", "dataset.n_train=512", "dataset.batch_size=128", "net.hidden=16",
-           "model.eval_num_samples=0", "eval.num_samples=50", "eval.batch_size=50", "diffusion.steps=20",
+           "callbacks.evaluation.num_samples=0", "eval.num_samples=50", "eval.batch_size=50", "diffusion.steps=20",
            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"]
     env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_NUM_THREADS"}
     subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=600)

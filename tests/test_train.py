@@ -26,7 +26,7 @@ TINY_TOY = [
     "dataset.batch_size=128",
     "diffusion.steps=50",
     "net.hidden=32",
-    "model.eval_num_samples=100",
+    "callbacks.evaluation.num_samples=100",
     "eval.num_samples=200",
 ]
 
@@ -75,7 +75,7 @@ def test_fast_dev_run_mnist(tmp_path, mnist_root):
             "net.ch=32",
             "net.num_res_blocks=1",
             "trainer.fast_dev_run=true",
-            "model.eval_num_samples=0",
+            "callbacks.evaluation.num_samples=0",
             "eval.num_samples=4",
             "sampler.steps=5",
             "eval.batch_size=4",
@@ -96,7 +96,7 @@ def test_digits_short_run(tmp_path):
             "trainer.max_steps=4",
             "trainer.val_check_interval=2",
             "diffusion.steps=20",
-            "model.eval_num_samples=8",
+            "callbacks.evaluation.num_samples=8",
             "eval.num_samples=8",
         ],
         tmp_path,
@@ -142,7 +142,8 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     from siddm_lab.utils.loggers import build_callbacks, build_loggers
     from tests.helpers import compose_cfg
 
-    cfg = compose_cfg(FAST + TINY_TOY + ["trainer.val_check_interval=5", "model.eval_num_samples=0"], tmp_path)
+    cfg = compose_cfg(FAST + TINY_TOY + ["trainer.val_check_interval=5",
+                                         "callbacks.evaluation.num_samples=0"], tmp_path)
     dm = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
     model.generator.net = _NaNAfter(model.net, 8)

@@ -13,12 +13,12 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from siddm_lab.config import CONF_DIR, validate
 from siddm_lab.models.init_from import weights_initialiser
 from siddm_lab.resume import resolve_ckpt_path
-from siddm_lab.training import build_model, build_trainer, check_samplers, finish, fit
+from siddm_lab.training import build_model, build_trainer, check_samplers, eval_samplers, finish, fit
 from siddm_lab.utils.entry import optimized_value, user_errors
 from siddm_lab.utils.loggers import build_callbacks, build_loggers
 from siddm_lab.utils.run_files import accept_output_dir, write_resolved_config
@@ -40,19 +40,16 @@ def train(cfg: DictConfig, init_model=None) -> dict:
     ckpt_path = resolve_ckpt_path(cfg, out_dir)  # before anything is written to out_dir
     if init_model is None and ckpt_path is None:
         init_model = weights_initialiser(cfg)  # init.ckpt: loaded and checked before anything is written
+    # the objects validate their own settings, and the samplers are checked against the model: before any file
+    datamodule = instantiate(cfg.dataset)
+    model = build_model(cfg, datamodule)
+    eval_samplers(cfg, model)
+    if init_model is not None and ckpt_path is None:
+        init_model(model)
     # DDP ranks started by re-running the command share the folder: rank 0 writes the run's files
     accept_output_dir(out_dir, write_hydra_files=rank_zero_only.rank == 0)
     if rank_zero_only.rank == 0:
         write_resolved_config(cfg, out_dir)
-
-    datamodule = instantiate(cfg.dataset)
-    model = build_model(cfg, datamodule)
-    if init_model is not None and ckpt_path is None:
-        init_model(model)
-    model.data_shape = tuple(datamodule.data_shape)
-    model.sampler = instantiate(cfg.sampler)(diffusion=model.diffusion)  # periodic evaluation's sampler
-    model.output_dir = out_dir
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, build_callbacks(cfg, has_logger=bool(loggers)), loggers, model)
 

@@ -57,7 +57,7 @@ class Denoiser:
         x0: ``(x_t, t) -> x0'`` of a diffusion GAN's generator (its latent drawn inside), or None.
         deterministic: whether ``x0_eps`` is a function of (x_t, t) alone.
         own_sampler: ``() -> Sampler``: the model's own plan (a distilled student), or None.
-        description: the model in the words of a refusal ("this SIDDM checkpoint ...").
+        description: the model in the words of a refusal, a noun phrase ("this DDPM (a denoiser)").
     """
 
     diffusion: object
@@ -162,10 +162,11 @@ class Sampler:
         raise NotImplementedError
 
 
-def check_sampler(sampler, denoiser: Denoiser, extra: Sequence[str] = (), what: str | None = None) -> None:
+def check_sampler(sampler, denoiser: Denoiser, extra: Sequence[str] = (), what: str | None = None,
+                  hint: str | None = None) -> None:
     """Refuse a sampler that ``denoiser``'s model cannot serve, with the one message: what is missing, what
     the model is, and the samplers that fit it. ``extra``: what the use adds (e.g. a decoding mode needs a
-    deterministic decoder), named ``what``."""
+    deterministic decoder), named ``what``; ``hint``: what to do when no sampler fits."""
     need = set(sampler.requirements()) | set(extra)
     caps = denoiser.capabilities
     missing = [k for k in REQUIREMENTS if k in need - caps] + sorted(need - caps - set(REQUIREMENTS))
@@ -177,16 +178,18 @@ def check_sampler(sampler, denoiser: Denoiser, extra: Sequence[str] = (), what: 
     noise = getattr(denoiser.diffusion, "noise", "gaussian")
     needs = "; ".join(REQUIREMENTS.get(k, k) + (f" (its process has {noise} noise)" if k.endswith("_noise") else "")
                       for k in missing)
-    raise ConfigError(f"{who} needs {needs}; {denoiser.description} does not offer it. Samplers that fit it"
-                      f"{' here' if extra else ''}: {', '.join(fit) if fit else 'none'}")
+    fits = ", ".join(fit) if fit else "none" + (f" ({hint})" if hint else "")
+    raise ConfigError(f"{who} needs {needs}, which {denoiser.description} does not offer. Samplers that fit it"
+                      f"{f' with {what}' if what else ''}: {fits}")
 
 
-def prepare_sampler(sampler, denoiser: Denoiser, extra: Sequence[str] = (), what: str | None = None):
+def prepare_sampler(sampler, denoiser: Denoiser, extra: Sequence[str] = (), what: str | None = None,
+                    hint: str | None = None):
     """``check_sampler``, then the sampler that runs (``Sampler.resolve``)."""
-    check_sampler(sampler, denoiser, extra, what)
+    check_sampler(sampler, denoiser, extra, what, hint)
     resolved = sampler.resolve(denoiser)
     if resolved is not sampler:
-        check_sampler(resolved, denoiser, extra, what)
+        check_sampler(resolved, denoiser, extra, what, hint)
     return resolved
 
 

@@ -6,8 +6,9 @@ terms (``d_terms``) and the generator's (``g_terms``). The module only steps the
 ITERATION is one discriminator step (when there is a discriminator; not counted) then one generator
 step, so ``global_step`` counts iterations and ``trainer.max_steps``, checkpoint and EMA periods are
 in iterations. Besides that it owns the process (``GaussianDiffusion`` from the schedule config),
-sampling with a sampler object (``siddm_lab.diffusion.samplers``), periodic sample evaluation and
-the non-finite loss guard. All formulas live in ``siddm_lab.diffusion``.
+sampling with a sampler object (``siddm_lab.diffusion.samplers``) and the non-finite loss guard;
+periodic evaluation is a callback (``siddm_lab.callbacks.PeriodicEvaluation``). All formulas live in
+``siddm_lab.diffusion``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import torch
@@ -23,6 +26,7 @@ from torch import nn
 
 from siddm_lab.diffusion import Denoiser, GANParts, GaussianDiffusion, RandomSource, prepare_sampler
 from siddm_lab.errors import ConfigError, NonFiniteLossError
+from siddm_lab.utils.lightning_compat import step_without_counting
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +45,18 @@ class DiffusionModule(L.LightningModule):
         optimizer / optimizer_d: ``params -> Optimizer`` partials of the generator / discriminator.
         lr_scheduler / lr_scheduler_d: ``optimizer -> LRScheduler`` partials or None (stepped per iteration).
         grad_clip / grad_clip_d: max gradient norm per net (None = off).
-        eval_num_samples: samples drawn at each validation for the data's metrics (0 = off).
         log_every_n_steps: how often the training losses are logged (every step costs a device sync).
     """
 
     def __init__(self, generator: nn.Module, diffusion: GaussianDiffusion | dict, objective, discriminator=None,
                  optimizer: Callable | None = None, optimizer_d: Callable | None = None,
                  lr_scheduler: Callable | None = None, lr_scheduler_d: Callable | None = None,
-                 grad_clip: float | None = None, grad_clip_d: float | None = None,
-                 eval_num_samples: int = 1000, log_every_n_steps: int = 50):
+                 grad_clip: float | None = None, grad_clip_d: float | None = None, log_every_n_steps: int = 50):
         super().__init__()
         if isinstance(diffusion, dict):
             diffusion = GaussianDiffusion.from_schedule(**diffusion)
         if optimizer is None:
             raise ConfigError("the model needs an optimizer for its generator (model.optimizer / model.optimizer_g)")
-        if eval_num_samples < 0:
-            raise ConfigError(f"model.eval_num_samples must be >= 0, got {eval_num_samples}")
         if discriminator is not None:
             if optimizer_d is None:
                 raise ConfigError("a model with a discriminator needs model.optimizer_d")
@@ -72,18 +72,12 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory, self.optimizer_d_factory = optimizer, optimizer_d
         self.lr_scheduler_factory, self.lr_scheduler_d_factory = lr_scheduler, lr_scheduler_d
         self.grad_clip, self.grad_clip_d = grad_clip, grad_clip_d
-        self.eval_num_samples = eval_num_samples
         self.log_every_n_steps = max(1, int(log_every_n_steps))
         self.rng = RandomSource()  # the global RNG (StepSeed reseeds it every step)
         self.member_seeds: list[int] | None = None
-        # The sampler of periodic evaluation (``conf/sampler``, bound to this process by the train entry;
-        # None = ``default_sampler()``).
-        self.sampler = None
+        # the shape of one sample: from the datamodule (``setup``) or the checkpoint (``on_load_checkpoint``)
         self.data_shape: tuple[int, ...] | None = None
-        self.output_dir: Path | None = None
-        # The resolved run config (plain containers), stored in checkpoints so a checkpoint alone
-        # rebuilds its model; set by the train entry point.
-        self.run_config: dict | None = None
+        self.global_step_at_save = 0  # the iteration a loaded checkpoint was saved at
         self._train_seconds_offset, self._eval_seconds = 0.0, 0.0
 
     # Under DDP (which wraps the whole module) the D step leaves G's parameters out and the G step
@@ -93,9 +87,8 @@ class DiffusionModule(L.LightningModule):
         return self.discriminator is not None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the run's config is added by the RunConfig callback (siddm_lab.callbacks.RunConfig)
         checkpoint["siddm_train_seconds"] = self.train_seconds()
-        if self.run_config is not None:
-            checkpoint["siddm_config"] = self.run_config
         if self.data_shape is not None:
             checkpoint["data_shape"] = list(self.data_shape)
 
@@ -212,23 +205,21 @@ class DiffusionModule(L.LightningModule):
         """What a sampler sees of this model (``siddm_lab.diffusion.samplers.Denoiser``); a model that draws
         latents draws them from ``rng``."""
         return Denoiser(self.diffusion, x0_eps=self.predict_x0_eps,
-                        description=f"this {type(self).__name__} model (a denoiser)")
+                        description=f"this {type(self).__name__} (a denoiser)")
 
     def default_sampler(self):
         """The sampler used when none is configured."""
         raise NotImplementedError
 
-    def get_sampler(self, sampler=None, extra=(), what: str | None = None):
-        """The sampler that runs for this model: ``sampler``, else the configured one (``self.sampler``), else
-        ``default_sampler()``; a partial (``conf/sampler``) is bound to this model's process. Checked against
-        the model (``check_sampler``: one refusal message; ``extra`` requirements of the use, named ``what``)
-        and resolved (a student's own plan)."""
-        sampler = sampler if sampler is not None else self.sampler
+    def get_sampler(self, sampler=None, extra=(), what: str | None = None, hint: str | None = None):
+        """The sampler that runs for this model: ``sampler``, else ``default_sampler()``; a partial
+        (``conf/sampler``) is bound to this model's process. Checked against the model (``check_sampler``: one
+        refusal message; ``extra`` requirements of the use, named ``what``) and resolved (a student's own plan)."""
         if sampler is None:
             sampler = self.default_sampler()
         if not hasattr(sampler, "requirements"):  # an unbound sampler factory
             sampler = sampler(diffusion=self.diffusion)
-        return prepare_sampler(sampler, self.denoiser(), extra, what)
+        return prepare_sampler(sampler, self.denoiser(), extra, what, hint)
 
     def sampling_rng(self, seed: int | None) -> RandomSource:
         """Where one batch's sampling noise comes from: a generator on the model's device seeded with ``seed``
@@ -270,16 +261,16 @@ class DiffusionModule(L.LightningModule):
             self.train(was_training)
         return torch.cat(out, dim=0 if self.members is None else 1)
 
-    def sample_distributed(self, n: int, seed: int) -> torch.Tensor:
+    def sample_distributed(self, n: int, seed: int, sampler=None) -> torch.Tensor:
         """n samples drawn once across all ranks: each rank draws its share with its own seed
         (seed + rank), and every rank gets the gathered set (rank order, cut to n). An ensemble gives
         [E, n, ...]."""
         world = self.trainer.world_size if self._trainer is not None else 1
         if world == 1:
-            return self.sample(n, generator=torch.Generator().manual_seed(seed))
+            return self.sample(n, sampler, generator=torch.Generator().manual_seed(seed))
         rank = self.trainer.global_rank
         share = -(-n // world)
-        local = self.sample(share, generator=torch.Generator().manual_seed(seed + rank))
+        local = self.sample(share, sampler, generator=torch.Generator().manual_seed(seed + rank))
         gathered = self.all_gather(local.to(self.device))  # [world, (E,) share, ...]
         if self.members is not None:
             gathered = gathered.transpose(0, 1)  # [E, world, share, ...]
@@ -305,13 +296,8 @@ class DiffusionModule(L.LightningModule):
     def step_uncounted(opt) -> None:
         """``opt.step()`` without advancing ``global_step``: Lightning counts every optimizer step of
         manual optimisation, so a model that steps two optimizers per batch (a GAN) counts only the
-        second and ``global_step`` is the number of iterations (Lightning issue 17958)."""
-        before, after = opt._on_before_step, opt._on_after_step
-        opt._on_before_step = opt._on_after_step = lambda: None
-        try:
-            opt.step()
-        finally:
-            opt._on_before_step, opt._on_after_step = before, after
+        second and ``global_step`` is the number of iterations (``lightning_compat.step_without_counting``)."""
+        step_without_counting(opt)
 
     def train_seconds(self) -> float:
         """Training wall time so far, periodic evaluations excluded (carried across a resume)."""
@@ -322,56 +308,20 @@ class DiffusionModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._train_seconds_offset = float(checkpoint.get("siddm_train_seconds", 0.0))
+        if checkpoint.get("data_shape"):
+            self.data_shape = tuple(checkpoint["data_shape"])
+        self.global_step_at_save = int(checkpoint.get("global_step", 0))
 
-    # ------------------------------------------------------------------ periodic evaluation
+    @contextmanager
+    def untimed(self):
+        """A stretch (a periodic evaluation) left out of ``train_seconds``: yields its ``start`` time and the
+        ``train_seconds`` before it."""
+        clock = SimpleNamespace(start=time.perf_counter(), train_seconds=self.train_seconds())
+        try:
+            yield clock
+        finally:
+            self._eval_seconds += time.perf_counter() - clock.start
+
     def history_extras(self) -> dict:
         """What a periodic evaluation records besides its metrics (e.g. a distillation round)."""
         return {}
-
-    def on_validation_epoch_start(self) -> None:
-        """Sample and score ``eval_num_samples`` with the evaluation sampler (after the EMA callback swapped
-        the averaged weights in): logged as ``val/<metric>``, appended to ``history.jsonl``, plotted."""
-        if self.trainer.sanity_checking or self.eval_num_samples == 0:
-            return
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "save_samples"):
-            return
-        from siddm_lab.evaluation import score
-
-        t0 = time.perf_counter()
-        train_seconds = self.train_seconds()
-        samples = self.sample_distributed(self.eval_num_samples, seed=1234)
-        if self.trainer.is_global_zero:
-            sample_seconds = time.perf_counter() - t0
-            out = None if self.output_dir is None else Path(self.output_dir)
-            per_member = score(self, samples, dm, out, stem=f"step_{self.global_step:07d}",
-                               title=f"iteration {self.global_step}", subdir="samples")
-            for r in per_member:
-                if r["dir"] is None:
-                    continue
-                metrics = {k: v for k, v in r.items() if k not in ("seed", "dir", "num_samples", "png")}
-                append_history(r["dir"], {"iteration": int(self.global_step), "train_seconds": train_seconds,
-                                          "sample_seconds": sample_seconds, **self.history_extras(), **metrics})
-                for logger in self.loggers:
-                    if hasattr(logger, "log_image") and (r["seed"] is None or r["seed"] == self.member_seeds[0]):
-                        logger.log_image(key="val/samples", images=[str(r["png"])], step=self.global_step)
-            names = [k for k in per_member[0] if k not in ("seed", "dir", "num_samples", "png")]
-            logged = {f"val/{k}": sum(r[k] for r in per_member) / len(per_member) for k in names}
-            if self.members is not None:
-                logged.update({f"val/seed_{r['seed']}/{k}": r[k] for r in per_member for k in names})
-            logged["val/sample_seconds"] = sample_seconds
-            logged["val/train_seconds"] = train_seconds
-            self.log_dict(logged, on_epoch=True, sync_dist=False, rank_zero_only=True)
-        self._eval_seconds += time.perf_counter() - t0
-
-
-def append_history(out_dir, row: dict) -> Path:
-    """One line of ``history.jsonl``: the metrics of a periodic evaluation with the iteration and the
-    training time at which they were taken (``siddm-collect --curves`` draws them)."""
-    import json
-
-    path = Path(out_dir) / "history.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,9 +58,9 @@ class Distillation(DDPM):
 
     def __init__(self, net: nn.Module, diffusion, optimizer, lr_scheduler=None, prediction_type: str = "v",
                  teacher_prediction_type: str = "eps", clip_x0: float | None = None, grad_clip: float | None = None,
-                 eval_num_samples: int = 1000, log_every_n_steps: int = 50):
+                 log_every_n_steps: int = 50):
         super().__init__(net, diffusion, optimizer, lr_scheduler, prediction_type, grad_clip=grad_clip,
-                         eval_num_samples=eval_num_samples, log_every_n_steps=log_every_n_steps)
+                         log_every_n_steps=log_every_n_steps)
         if isinstance(self.diffusion, GammaDiffusion):
             raise ConfigError("distillation needs a deterministic DDIM teacher of a Gaussian process; this teacher "
                               "was trained with noise=gamma")
@@ -88,9 +89,9 @@ class Distillation(DDPM):
         self.teacher.eval()  # the teacher never runs in training mode (dropout)
         return self
 
-    def get_sampler(self, sampler=None, extra=(), what: str | None = None):
+    def get_sampler(self, sampler=None, extra=(), what: str | None = None, hint: str | None = None):
         # periodic evaluation samples with the current student's own plan, not the run's final sampler
-        return super().get_sampler(self.default_sampler() if sampler is None else sampler, extra, what)
+        return super().get_sampler(self.default_sampler() if sampler is None else sampler, extra, what, hint)
 
     def denoiser(self, rng=None):
         return replace(super().denoiser(rng), own_sampler=self.default_sampler)
@@ -126,10 +127,10 @@ class ProgressiveDistillation(Distillation):
     def __init__(self, net: nn.Module, diffusion, optimizer, lr_scheduler=None, prediction_type: str = "v",
                  teacher_prediction_type: str = "eps", teacher_steps: int = 16, rounds: int = 4,
                  steps_per_round: int = 1000, subsequence: dict | None = None, weighting: str = "truncated_snr",
-                 clip_x0: float | None = None, grad_clip: float | None = None, eval_num_samples: int = 1000,
+                 clip_x0: float | None = None, grad_clip: float | None = None,
                  log_every_n_steps: int = 50):
         super().__init__(net, diffusion, optimizer, lr_scheduler, prediction_type, teacher_prediction_type, clip_x0,
-                         grad_clip, eval_num_samples, log_every_n_steps)
+                         grad_clip, log_every_n_steps)
         if isinstance(steps_per_round, bool) or not isinstance(steps_per_round, int) or steps_per_round < 1:
             raise ConfigError(f"distill.steps_per_round={steps_per_round!r} is invalid: expected a positive integer")
         spec = dict(subsequence or {"name": "trailing"})
@@ -192,16 +193,17 @@ class ProgressiveDistillation(Distillation):
 
 class KnowledgeDistillation(Distillation):
     """One-step knowledge distillation: ``num_pairs`` pairs (x_T, teacher x0) decoded once by the teacher's
-    deterministic DDIM over ``teacher_steps`` steps (``subsequence``; the teacher's x0 clipping), cached in the
-    run folder (``kd_pairs.pt``, reused on resume), and a student x_T → x0 (prediction x0 at t = T−1) trained
-    by regression on random batches of them. Its sampler is the single step T−1 → data."""
+    deterministic DDIM over ``teacher_steps`` steps (``subsequence``; the teacher's x0 clipping), cached at
+    ``pairs_path`` (the run folder's ``kd_pairs.pt``; reused on resume; null: not cached), and a student
+    x_T → x0 (prediction x0 at t = T−1) trained by regression on random batches of them. Its sampler is the
+    single step T−1 → data."""
 
     def __init__(self, net: nn.Module, diffusion, optimizer, lr_scheduler=None, prediction_type: str = "x0",
                  teacher_prediction_type: str = "eps", teacher_steps: int = 50, subsequence: dict | None = None,
                  num_pairs: int = 10000, pairs_seed: int = 0, pairs_batch_size: int = 500, clip_x0: float | None = None,
-                 grad_clip: float | None = None, eval_num_samples: int = 1000, log_every_n_steps: int = 50):
+                 grad_clip: float | None = None, pairs_path: str | None = None, log_every_n_steps: int = 50):
         super().__init__(net, diffusion, optimizer, lr_scheduler, prediction_type, teacher_prediction_type, clip_x0,
-                         grad_clip, eval_num_samples, log_every_n_steps)
+                         grad_clip, log_every_n_steps)
         if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
             raise ConfigError(f"distill.num_pairs={num_pairs!r} is invalid: expected a positive integer")
         spec = dict(subsequence or {"name": "uniform"})
@@ -211,6 +213,7 @@ class KnowledgeDistillation(Distillation):
         except ConfigError as e:
             raise renamed(e, "sampler.steps", "distill.teacher_steps") from None
         self.num_pairs, self.pairs_seed, self.pairs_batch_size = num_pairs, pairs_seed, pairs_batch_size
+        self.pairs_path = None if pairs_path is None else Path(pairs_path)
         self.objective_kd = KnowledgeDistillationLoss()
         self.pairs: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -227,7 +230,7 @@ class KnowledgeDistillation(Distillation):
             self.pairs = self.load_or_make_pairs()
 
     def load_or_make_pairs(self):
-        path = None if self.output_dir is None else self.output_dir / "kd_pairs.pt"
+        path = self.pairs_path
         settings = self.pairs_settings()
         if path is not None and path.is_file():
             stored = torch.load(path, map_location="cpu", weights_only=True)

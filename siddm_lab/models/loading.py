@@ -164,10 +164,12 @@ def _check_target(value, key: str, allowed: frozenset[str], path) -> None:
 
 def _upgrade(cfg, state: dict):
     """A checkpoint of an earlier layout in today's: the model's own sampler settings (``model.sampling``,
-    now the ``sampler`` group) are dropped, and a DDPM/DDIM denoiser saved as ``net.*`` is the generator's
-    ``generator.net.*``."""
-    if "sampling" in cfg.model:
-        cfg.model.pop("sampling")
+    now the ``sampler`` group) and its periodic evaluation's size (``model.eval_num_samples``, now
+    ``callbacks.evaluation.num_samples``) are dropped, and a DDPM/DDIM denoiser saved as ``net.*`` is the
+    generator's ``generator.net.*``."""
+    for key in ("sampling", "eval_num_samples"):
+        if key in cfg.model:
+            cfg.model.pop(key)
     denoiser = str(cfg.model.get("_target_", "")).startswith("siddm_lab.models.DD")
     if denoiser and any(k.startswith("net.") for k in state):
         state = {("generator." + k if k.startswith("net.") else k): v for k, v in state.items()}
@@ -215,8 +217,5 @@ def load_model(path, weights: str = "ema", device: str | torch.device = "cpu", m
             f"checkpoint {path} does not match the model its config builds ({cfg.model._target_}): "
             f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
         )
-    model.on_load_checkpoint(ckpt)  # the module's own entries (training time, a distillation's round)
-    model.data_shape = tuple(ckpt.get("data_shape") or ())
-    model.run_config = ckpt["siddm_config"]
-    model.global_step_at_save = int(ckpt.get("global_step", 0))
+    model.on_load_checkpoint(ckpt)  # the module's own entries (data shape, training time, a distillation's round)
     return model.to(device).eval(), cfg

@@ -47,7 +47,7 @@ class SIDDM(DiffusionModule):
     def __init__(self, generator: nn.Module, discriminator, diffusion, objective: GANObjective | None = None,
                  optimizer_g=None, optimizer_d=None, lr_scheduler_g=None, lr_scheduler_d=None, nz: int = 2,
                  z_dist: str = "normal", grad_clip_g: float | None = None, grad_clip_d: float | None = None,
-                 eval_num_samples: int = 1000, log_every_n_steps: int = 50):
+                 log_every_n_steps: int = 50):
         if objective is None:
             raise ConfigError("model.objective is missing: choose a GAN model (model=siddm | ddgan | siddm_released "
                               "| siddm_image | ddgan_image), which sets its objective (conf/objective)")
@@ -67,7 +67,7 @@ class SIDDM(DiffusionModule):
             raise ConfigError(f"the generator net takes a latent of size {generator.cond_dim} but model.nz={nz}; "
                               f"set net.cond_dim=${{model.nz}}")
         super().__init__(generator, diffusion, objective, discriminator, optimizer_g, optimizer_d, lr_scheduler_g,
-                         lr_scheduler_d, grad_clip_g, grad_clip_d, eval_num_samples, log_every_n_steps)
+                         lr_scheduler_d, grad_clip_g, grad_clip_d, log_every_n_steps)
         self.nz, self.z_dist = nz, z_dist
 
     # ------------------------------------------------------------------ ensembles
@@ -135,11 +135,10 @@ class SIDDM(DiffusionModule):
             return x0_, self.diffusion.predict_eps_from_x0(x, t, x0_)
 
         kind = "continuous-time diffusion GAN" if self.continuous else "diffusion GAN"
-        what = (f"an ensemble of {self.members} {kind}s" if self.members is not None else f"a {kind}") + \
-            f" ({self.mode.upper()}), which samples with its generator chain (sampler=generator)"
+        what = f"ensemble of {self.members} {kind}s" if self.members is not None else kind
         step_samplers = not self.continuous and self.members is None
         return Denoiser(self.diffusion, x0_eps=x0_eps if step_samplers else None, x0=x0, deterministic=False,
-                        description=f"this model is {what}")
+                        description=f"this {what} ({self.mode.upper()}: it samples with its generator chain)")
 
     def sampling_rng(self, seed: int | None) -> RandomSource:
         """One generator per member of an ensemble, all seeded with ``seed`` (paired samples: what the single

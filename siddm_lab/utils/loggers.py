@@ -175,7 +175,8 @@ def build_loggers(cfg: DictConfig):
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool = True):
-    """Instantiate ``cfg.callbacks``; logger-only callbacks are dropped when there is no logger."""
+    """Instantiate ``cfg.callbacks``; logger-only callbacks are dropped when there is no logger; the periodic
+    evaluation comes after the weight averaging."""
     from hydra.utils import instantiate
 
     ccfg = cfg.get("callbacks") or {}
@@ -186,4 +187,12 @@ def build_callbacks(cfg: DictConfig, has_logger: bool = True):
         if not has_logger and sub["_target_"].endswith("LearningRateMonitor"):
             continue
         callbacks.append(instantiate(sub))
-    return callbacks
+    # the periodic evaluation scores the averaged weights: it runs after every weight-averaging callback (EMA)
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from siddm_lab.callbacks import PeriodicEvaluation
+
+    last = [c for c in callbacks if isinstance(c, PeriodicEvaluation)]
+    averaging = [c for c in callbacks if isinstance(c, WeightAveraging)]
+    rest = [c for c in callbacks if c not in last and c not in averaging]
+    return rest + averaging + last
