@@ -243,19 +243,21 @@ def test_subsampling_rows(row, name, steps):
 @pytest.mark.parametrize("option", options("sampler"))
 def test_sampler_options(option):
     """Every sampler option instantiates to a sampler object bound to a process (gamma_ddim: a Gamma-noise
-    process; student: only with a distilled model, which siddm-sample passes, and refused without)."""
-    from siddm_lab.diffusion import GaussianDiffusion
+    process; student: resolved against a model with its own plan, and refused for one without)."""
+    from siddm_lab.diffusion import SAMPLERS, DDIMSampler, Denoiser, GaussianDiffusion, prepare_sampler
     from siddm_lab.errors import ConfigError
 
     cfg = compose_sample([f"sampler={option}", "ckpt=x.ckpt"])
     validate(cfg)
     noise = {"name": "gamma", "theta0": 0.01} if option == "gamma_ddim" else None
     d = GaussianDiffusion.from_schedule("linear", 100, noise=noise)
-    if option == "student":
-        with pytest.raises(ConfigError, match="sampler=student samples a siddm-distill checkpoint"):
-            instantiate(cfg.sampler)(diffusion=d)
-        return
     sampler = instantiate(cfg.sampler)(diffusion=d)
+    assert SAMPLERS[option] is type(sampler)  # the option's name is the sampler's
+    if option == "student":
+        with pytest.raises(ConfigError, match="sampler=student needs a model with its own sampling plan"):
+            prepare_sampler(sampler, Denoiser(d, x0_eps=lambda x, t: (x, x)))
+        sampler = prepare_sampler(sampler, Denoiser(d, x0_eps=lambda x, t: (x, x),
+                                                    own_sampler=lambda: DDIMSampler(d, steps=4)))
     assert sampler.nfe >= 1 and sampler.settings()["sampler"] == sampler.name
 
 
