@@ -50,8 +50,8 @@ def image_metrics(dm, samples: torch.Tensor, strict: bool = False) -> dict[str, 
     """Pixel statistics, plus the configured image metrics (``dataset.metrics.names``: any of
     fd_mnist_classifier, fid, is, kid, prc; see ``siddm_lab.metrics.image``).
 
-    A metric whose network is unavailable (no cached MNIST classifier, no local Inception weights)
-    raises when ``strict`` (siddm-sample) and is left out with a warning otherwise (training)."""
+    A metric whose network is unavailable (a named MNIST classifier file that is missing, no local Inception
+    weights) raises when ``strict`` (siddm-sample) and is left out with a warning otherwise (training)."""
     from siddm_lab.metrics.image import compute_image_metrics
 
     x = samples.detach().float().cpu()
