@@ -76,10 +76,10 @@ def test_progressive_distillation_runs_every_round_and_hands_the_student_over(tm
     assert model.teacher_output_type() == "v" and model.teacher_prediction_type == "eps"
     # the last hand-over copied the round-1 student into the teacher: it differs from the original teacher
     original, _ = load_model(teacher)
-    from siddm_lab.models.distill import student_sampler
+    from siddm_lab.diffusion import OwnPlan
 
-    with pytest.raises(ConfigError, match="sampler=student samples a siddm-distill checkpoint .* this is a DDPM"):
-        student_sampler(original.diffusion, model=original)
+    with pytest.raises(ConfigError, match="sampler=student needs a model with its own sampling plan.*which this DDPM"):
+        original.get_sampler(OwnPlan(original.diffusion))
     t_now = torch.cat([p.flatten() for p in model.teacher.parameters()])
     t_orig = torch.cat([p.flatten() for p in original.net.parameters()])
     assert not torch.equal(t_now, t_orig)

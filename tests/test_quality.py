@@ -7,11 +7,18 @@ still at its initial weights), while this recipe reaches 24 modes, HQ 0.45, FD 0
 HQ 0.76, FD 0.001 at the demo's 6000 steps). The thresholds leave margin for other platforms'
 floating point without accepting a model that misses whole rows of the grid or smears the modes
 (HQ < 0.35 means most samples fall between modes).
+
+Both runs train for minutes: they are ``slow`` tests (``make test-slow``, run by CI). The fast suite pins the
+same code paths with short runs (tests/test_train.py, tests/test_siddm.py); these pin the quality.
 """
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import run_train
+
+pytestmark = pytest.mark.slow
 
 
 def test_ddpm_learns_25_gaussians(tmp_path):

@@ -277,8 +277,9 @@ def test_deq_and_picard_sample_a_ddpm_checkpoint_like_sequential_ddim(toy_ckpt, 
 
 def test_fixed_point_samplers_refuse_a_diffusion_gan(gan_ckpt, tmp_path):
     for name in ("deq", "picard"):
-        with pytest.raises(ConfigError, match=f"sampler={name} needs a deterministic denoiser.*which this diffusion GAN "
-                                              f"\\(SIDDM: it samples with its generator chain\\).*fit it: .*generator"):
+        with pytest.raises(ConfigError, match=f"sampler={name} needs a deterministic denoiser.*which this "
+                                              f"diffusion GAN \\(SIDDM: it samples with its generator chain\\).*"
+                                              f"fit it: .*generator"):
             run_sample([f"ckpt={gan_ckpt}", f"sampler={name}", "sampler.steps=4", "num_samples=8"], tmp_path / name)
 
 

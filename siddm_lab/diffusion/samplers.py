@@ -166,8 +166,9 @@ def check_sampler(sampler, denoiser: Denoiser, extra: Sequence[str] = (), what: 
                   hint: str | None = None) -> None:
     """Refuse a sampler that ``denoiser``'s model cannot serve, with the one message: what is missing, what
     the model is, and the samplers that fit it. ``extra``: what the use adds (e.g. a decoding mode needs a
-    deterministic decoder), named ``what``; ``hint``: what to do when no sampler fits."""
-    need = set(sampler.requirements()) | set(extra)
+    deterministic decoder), named ``what``; ``hint``: what to do when no sampler fits. ``sampler`` may be a
+    sampler class (what every instance needs: checked before its settings are)."""
+    need = set(sampler.requires if isinstance(sampler, type) else sampler.requirements()) | set(extra)
     caps = denoiser.capabilities
     missing = [k for k in REQUIREMENTS if k in need - caps] + sorted(need - caps - set(REQUIREMENTS))
     if not missing:

@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from siddm_lab.diffusion import Denoiser, GANParts, GaussianDiffusion, RandomSource, prepare_sampler
+from siddm_lab.diffusion import Denoiser, GANParts, GaussianDiffusion, RandomSource, check_sampler, prepare_sampler
 from siddm_lab.errors import ConfigError, NonFiniteLossError
 from siddm_lab.utils.lightning_compat import step_without_counting
 
@@ -217,7 +217,10 @@ class DiffusionModule(L.LightningModule):
         refusal message; ``extra`` requirements of the use, named ``what``) and resolved (a student's own plan)."""
         if sampler is None:
             sampler = self.default_sampler()
-        if not hasattr(sampler, "requirements"):  # an unbound sampler factory
+        if not hasattr(sampler, "requirements"):  # an unbound sampler factory (a conf/sampler partial)
+            cls = getattr(sampler, "func", None)
+            if isinstance(cls, type) and hasattr(cls, "requires"):  # the model first, then the settings
+                check_sampler(cls, self.denoiser(), extra, what, hint)
             sampler = sampler(diffusion=self.diffusion)
         return prepare_sampler(sampler, self.denoiser(), extra, what, hint)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,7 +108,10 @@ def _load(path: Path):
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read {path}: the file is empty")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # a plain pickle (not a torch archive) makes torch warn about its protocol before it fails: the error
+        # below says what the file is
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch's unpickler raises anything on a foreign file
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
