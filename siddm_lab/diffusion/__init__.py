@@ -38,6 +38,7 @@ from siddm_lab.diffusion.samplers import (
     uniform_timesteps,
 )
 from siddm_lab.diffusion.schedules import SCHEDULES, make_betas, rescale_zero_terminal_snr
+from siddm_lab.diffusion.solvers import DEISSampler, DiffusersSolver, DPMSolverSampler, HeunSampler, UniPCSampler
 from siddm_lab.diffusion.subsequences import SUBSEQUENCES, make_timesteps
 
 __all__ = [
@@ -61,6 +62,11 @@ __all__ = [
     "GammaDDIMSampler",
     "GammaDiffusion",
     "DEQSampler",
+    "DEISSampler",
+    "DiffusersSolver",
+    "DPMSolverSampler",
+    "HeunSampler",
+    "UniPCSampler",
     "PicardSampler",
     "anderson",
     "Inversion",
