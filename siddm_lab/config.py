@@ -1,19 +1,27 @@
 """Validation of a composed config: fail before any work, naming the key, value and what is allowed.
 
 Hydra already rejects unknown group options ("Could not find 'schedule/foo'. Available options:
-...") and unknown keys (struct mode). This adds types and ranges of the values users override.
+...") and unknown keys (struct mode). The objects a run builds from the config (the process, the samplers,
+the datamodule, the nets, the objective, the model) check their own arguments when they are built, before
+any file is written (``siddm_lab.training.build_run``, ``siddm_lab.sampling.sample_checkpoint``), with a
+message that ``named_as_set`` words under the key the user sets. What is left here: the keys that no
+object of the package receives (``seed``, ``threads``, siddm-sample's ``num_samples`` / ``batch_size``,
+``eval.*``, the optimizers' ``lr`` that torch receives only when training starts, the Trainer's
+``max_steps`` / ``val_check_interval`` whose Lightning messages are poor), the rules over several keys
+(``ablation`` key names), keys that moved, and interpolations that do not resolve.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from siddm_lab.diffusion import PREDICTION_TYPES, SCHEDULES, SUBSEQUENCES, VARIANCE_TYPES
-from siddm_lab.errors import ConfigError
+from siddm_lab.errors import ConfigError, SiddmError
 
 # The project's Hydra config groups (conf/ beside the package).
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -37,32 +45,24 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _eta_ok(v) -> bool:
-    return v == "sigma_hat" or (_is_num(v) and 0 <= v < float("inf"))
+def _finite_positive(v) -> bool:
+    return _is_num(v) and 0 < v < float("inf")
 
 
-# key, predicate, description of what is allowed. Keys absent from a config are skipped.
+# key, predicate, description of what is allowed. Keys absent from a config are skipped. Only keys that no
+# object of the package receives (module docstring): the others are checked by the object they configure.
 Rule = tuple[str, Callable[[Any], bool], str]
 RULES: list[Rule] = [
     ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     ("threads", lambda v: v == "auto" or (_is_int(v) and v >= 1), "'auto' or a positive integer (torch CPU threads)"),
-    ("diffusion.steps", lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("schedule.name", lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-    ("schedule.beta_start", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
-    ("schedule.beta_end", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
-    ("model.prediction_type", lambda v: v in PREDICTION_TYPES, f"one of {', '.join(PREDICTION_TYPES)}"),
-    ("sampler.variance_type", lambda v: v in VARIANCE_TYPES, f"one of {', '.join(VARIANCE_TYPES)}"),
-    ("sampler.eta", _eta_ok, "a finite number >= 0 or 'sigma_hat'"),
-    ("sampler.clip_x0", lambda v: v is None or (_is_num(v) and v > 0), "null or a positive number"),
-    ("subsequence.name", lambda v: v in SUBSEQUENCES, f"one of {', '.join(SUBSEQUENCES)}"),
+    # siddm-sample's sample count and batch
     ("num_samples", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("model.optimizer.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
-    ("model.optimizer_g.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
-    ("model.optimizer_d.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
-    ("distill.optimizer.lr", lambda v: _is_num(v) and 0 < v < float("inf"), "a finite positive number"),
-    ("dataset.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("dataset.num_workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    # torch.optim receives these in configure_optimizers, once training starts (and takes lr=0 or inf)
+    ("model.optimizer.lr", _finite_positive, "a finite positive number"),
+    ("model.optimizer_g.lr", _finite_positive, "a finite positive number"),
+    ("model.optimizer_d.lr", _finite_positive, "a finite positive number"),
+    ("distill.optimizer.lr", _finite_positive, "a finite positive number"),
     ("trainer.max_steps", lambda v: _is_int(v) and (v == -1 or v >= 1), "a positive integer (or -1: no limit)"),
     # Training is counted in iterations (check_val_every_n_epoch is null), where Lightning takes only an integer
     # (a fraction of an epoch is refused); it is also the period of the checkpoints.
@@ -71,19 +71,6 @@ RULES: list[Rule] = [
     ("eval.num_samples", lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
     ("eval.batch_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("eval.seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    ("ablation.lambda_afd", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
-    ("ablation.lambda_disc_reg", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
-    ("ablation.afd_form", lambda v: v in ("released", "paper"), "one of released, paper"),
-    # the objective's own keys (they follow `ablation` unless set directly: then named as set)
-    ("model.objective.lambda_afd", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
-    ("model.objective.lambda_disc_reg", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
-    ("model.objective.afd_weight", lambda v: _is_num(v) and 0 <= v < float("inf"), "a finite number >= 0"),
-    ("model.objective.afd_form", lambda v: v in ("released", "paper"), "one of released, paper"),
-    ("model.z_dist", lambda v: v in ("normal", "uniform"), "one of normal, uniform"),
-    # Interpolated into the nets (in_channels, image_size, cond_dim): named here under the key the user sets.
-    ("dataset.image_size", lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("dataset.channels", lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("model.nz", lambda v: _is_int(v) and v >= 1, "a positive integer"),
 ]
 
 
@@ -93,7 +80,8 @@ MOVED = {"model.eval_num_samples": "callbacks.evaluation.num_samples",
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first invalid value (or an interpolation that does not resolve)."""
+    """Raise ConfigError for the first invalid value of a key that no object receives, a rule over several
+    keys, a key that moved, or an interpolation that does not resolve (module docstring)."""
     for old, new in MOVED.items():
         if _get(cfg, old) is not _MISSING:
             raise ConfigError(f"{old} is now {new} (the periodic evaluation is a callback): set {new} instead")
@@ -118,13 +106,7 @@ def validate(cfg: DictConfig) -> None:
         unknown = sorted(set(ablation) - set(ABLATION_KEYS))
         if unknown:
             raise ConfigError(f"ablation keys {unknown} are unknown; allowed: {', '.join(ABLATION_KEYS)}")
-    seeds = _get(cfg, "seeds")
-    if seeds is not _MISSING and seeds is not None:
-        seeds = list(seeds) if OmegaConf.is_list(seeds) or isinstance(seeds, (list, tuple)) else seeds
-        if not isinstance(seeds, list) or not seeds or not all(_is_int(v) and v >= 0 for v in seeds) \
-                or len(set(seeds)) != len(seeds):
-            raise ConfigError(f"seeds={seeds!r} is invalid: expected a list of distinct non-negative integers "
-                              f"(one ensemble member per seed), or null")
+    # the final evaluation's step counts: each reaches the sampler as its `steps` (training.eval_samplers)
     eval_steps = _get(cfg, "eval.steps")
     if eval_steps is not _MISSING and eval_steps is not None:
         ks = list(eval_steps) if OmegaConf.is_list(eval_steps) or isinstance(eval_steps, (list, tuple)) else eval_steps
@@ -132,15 +114,71 @@ def validate(cfg: DictConfig) -> None:
                                                                                      for k in ks)):
             raise ConfigError(f"eval.steps={ks!r} is invalid: expected null (sampler.steps), a positive integer or "
                               f"a non-empty list of positive integers")
-    T = _get(cfg, "diffusion.steps")
-    for key in ("sampler.steps",):
-        steps = _get(cfg, key)
-        if steps is _MISSING or steps is None:
-            continue
-        if not _is_int(steps) or steps < 1:
-            raise ConfigError(f"{key}={steps!r} is invalid: expected null (all steps) or a positive integer")
-        if T is not _MISSING and steps > T:
-            raise ConfigError(f"{key}={steps} is larger than the schedule: diffusion.steps={T}; allowed: 1..{T}")
+
+
+# A simple interpolation of another key (``${model.nz}``; not a relative one, nor a resolver call).
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+_LEADING_KEY = re.compile(r"([A-Za-z_][\w.]*)=")
+
+
+def _source_key(raw: dict, key: str) -> str | None:
+    """The key whose value ``key`` takes by interpolation in the unresolved config ``raw`` (followed through a
+    chain), or None."""
+    source, seen = None, {key}
+    while True:
+        node = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        m = _INTERPOLATION.fullmatch(node) if isinstance(node, str) else None
+        if m is None or m.group(1) in seen:
+            return source
+        key = source = m.group(1)
+        seen.add(key)
+
+
+def named_as_set(cfg: DictConfig | dict, error: ConfigError) -> ConfigError:
+    """``error`` in the words of the key the user sets. An object names its own argument
+    (``net.cond_dim='abc' is invalid: ...``, ``model.objective.lambda_afd=-1 is invalid: ...``); where the
+    config gives that key its value by interpolation (``net.cond_dim: ${model.nz}``, ``lambda_afd:
+    ${ablation.lambda_afd}``), the message names the key set and the one the value reached:
+    ``model.nz='abc' is invalid: ... (given to net.cond_dim)``. Messages about one value only
+    (``KEY=VALUE is invalid`` / ``is unknown``); any other is returned as it is."""
+    text = str(error)
+    m = _LEADING_KEY.match(text)
+    if m is None or not re.match(r"(\[[^]]*\]|'[^']*'|[^ ]*) is (invalid|unknown)\b", text[m.end():]):
+        return error
+    key = m.group(1)
+    raw = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    source = _source_key(raw, key)
+    if source is None:
+        return error
+    return ConfigError(f"{source}={text[m.end():]} (given to {key})")
+
+
+def _config_error(e: BaseException) -> ConfigError | None:
+    """``e`` if it is a ConfigError, else the ConfigError it wraps (Hydra's InstantiationException)."""
+    while e is not None and not isinstance(e, SiddmError):
+        e = e.__cause__
+    return e if isinstance(e, ConfigError) else None
+
+
+@contextmanager
+def keys_as_set(cfg: DictConfig) -> Iterator[None]:
+    """Build objects from ``cfg`` in this block: a ConfigError they raise, also inside Hydra's
+    InstantiationException, is raised as a ConfigError naming the key the user sets (``named_as_set``)."""
+    from hydra.errors import InstantiationException
+
+    raw = OmegaConf.to_container(cfg, resolve=False)  # as set: instantiate resolves some interpolations in place
+    try:
+        yield
+    except (ConfigError, InstantiationException) as e:
+        found = _config_error(e)
+        if found is None:
+            raise
+        renamed = named_as_set(raw, found)
+        if renamed is e:
+            raise
+        raise (ConfigError(str(renamed)) if renamed is found else renamed) from e
 
 
 def app_groups(app: str, *groups: str) -> str:

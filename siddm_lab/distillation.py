@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import re
 import warnings
+from contextlib import contextmanager
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from siddm_lab.config import validate
@@ -36,6 +39,23 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(run)
 
 
+@contextmanager
+def distill_keys(cfg: DictConfig):
+    """Build the student in this block: its model names its arguments as a run's (``model.prediction_type``),
+    which the user sets as ``distill.*``: a ConfigError (also inside Hydra's InstantiationException) about
+    one of them names the ``distill`` key."""
+    try:
+        yield
+    except (ConfigError, InstantiationException) as e:
+        cause = e
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        m = re.match(r"model\.(\w+)\b", str(cause)) if cause is not None else None
+        if m is None or m.group(1) not in cfg.distill:
+            raise
+        raise ConfigError(f"distill.{str(cause)[len('model.'):]}") from e
+
+
 def student_run(cfg: DictConfig):
     """``(run, init_model)``: the student's run config (``student_config``, with the teacher's training step
     and the final student's sampler) and the function that copies the teacher's net into a fresh student,
@@ -49,7 +69,8 @@ def student_run(cfg: DictConfig):
                           f"DDPM/DDIM denoiser (a diffusion GAN's generator chain is stochastic)")
     run = student_config(cfg, teacher_cfg)
     run.teacher_train_step = teacher.global_step_at_save  # recorded in the run's config.yaml
-    student = hydra.utils.instantiate(run.model)  # the final student's plan, before anything is written
+    with distill_keys(cfg):
+        student = hydra.utils.instantiate(run.model)  # the final student's plan, before anything is written
     if isinstance(student, ProgressiveDistillation):
         plan = student.student_plan(student.rounds - 1)
     else:

@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from siddm_lab.config import validate
+from siddm_lab.config import keys_as_set, validate
 from siddm_lab.diffusion import DDIMSampler, Inversion, ddim_invert, slerp
 from siddm_lab.errors import ConfigError
 from siddm_lab.evaluation import draw, evaluate
@@ -90,23 +90,51 @@ def sampler_for_checkpoint(model, sampler_cfg: DictConfig, mode: str):
     return sampler
 
 
-def sample_checkpoint(cfg: DictConfig) -> dict:
-    """Run a composed ``sample`` config: sample ``cfg.ckpt`` in ``cfg.mode`` into ``cfg.paths.output_dir``
-    and return what its ``metrics.json`` records."""
+def check_settings(cfg: DictConfig) -> torch.device:
+    """The checks of a ``sample`` config that need no checkpoint (``validate``, the mode, the sample count for
+    the metrics, the device); returns the device."""
     validate(cfg)
-    apply_threads(cfg.get("threads", "auto"))
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is unknown; allowed: {', '.join(MODES)}")
     if cfg.mode == "sample" and cfg.metrics and int(cfg.num_samples) < 2:
         raise ConfigError(f"num_samples={cfg.num_samples} is too few for the metrics (they fit a mean and a "
                           f"covariance): give num_samples >= 2, or metrics=false to only draw samples")
-    device = parse_device(cfg.device)
+    return parse_device(cfg.device)
+
+
+def configured_sampler(cfg: DictConfig, model):
+    """``cfg.sampler`` bound to the loaded ``model`` and checked against it (``sampler_for_checkpoint``): a
+    setting the sampler refuses names the key the user set."""
+    with keys_as_set(cfg):
+        return sampler_for_checkpoint(model, cfg.sampler, cfg.mode)
+
+
+def preflight(cfg: DictConfig, loaded: dict | None = None) -> None:
+    """What ``siddm-sample`` checks of ``cfg`` before it writes a file (``check_settings``, the checkpoint, the
+    sampler against its model), without the output folder: run for every job of a sweep before the first one
+    starts (``siddm_lab.utils.hydra_hooks.SweepCheck``). ``loaded``: the models already loaded (on the CPU), by
+    checkpoint, weights and member."""
+    check_settings(cfg)
+    key = (str(cfg.ckpt), cfg.weights, cfg.get("member"))
+    if loaded is None or key not in loaded:
+        model, _ = load_model(key[0], key[1], "cpu", key[2])
+        if loaded is not None:
+            loaded[key] = model
+    configured_sampler(cfg, loaded[key] if loaded is not None else model)
+
+
+def sample_checkpoint(cfg: DictConfig) -> dict:
+    """Run a composed ``sample`` config: sample ``cfg.ckpt`` in ``cfg.mode`` into ``cfg.paths.output_dir``
+    and return what its ``metrics.json`` records. The checkpoint is loaded, the sampler checked against it
+    and the datamodule built before the folder is accepted: a refused run writes nothing there."""
+    device = check_settings(cfg)
+    apply_threads(cfg.get("threads", "auto"))
     out_dir = Path(cfg.paths.output_dir)
     refuse_earlier_results(out_dir)
-    accept_output_dir(out_dir)
     model, run_cfg = load_model(cfg.ckpt, cfg.weights, device, cfg.get("member"))
-    sampler = sampler_for_checkpoint(model, cfg.sampler, cfg.mode)
+    sampler = configured_sampler(cfg, model)
     dm = build_datamodule(run_cfg, cfg.data_dir)
+    accept_output_dir(out_dir)
     info = {"ckpt": str(cfg.ckpt), "model": type(model).__name__, "T": model.diffusion.num_timesteps,
             **sampler.settings(), "seed": int(cfg.seed), "weights": cfg.weights, "member": cfg.get("member"),
             "train_step": model.global_step_at_save}

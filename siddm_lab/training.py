@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from siddm_lab.callbacks.checkpoint import ExceptionCheckpoint
 from siddm_lab.callbacks.run_config import RunConfig
 from siddm_lab.callbacks.signals import EXIT_STATUS, SignalStop, wait_for_launching_rank
+from siddm_lab.config import keys_as_set, validate
 from siddm_lab.errors import ConfigError, NonFiniteSamplesError
 from siddm_lab.utils.lightning_compat import spawned_rank_processes, uses_script_launcher
 from siddm_lab.utils.loggers import adopt_csv_header, log
@@ -50,16 +51,46 @@ def _eval_samplers(cfg: DictConfig, diffusion) -> list:
 
 
 def check_samplers(cfg: DictConfig) -> None:
-    """Build the evaluation's samplers for the run's process before anything is written or trained: a
-    step count that the sampler refuses (``sampler.steps``, ``eval.steps``) stops the run at its start."""
+    """Build the run's process and the evaluation's samplers for it before anything is written or trained: a
+    setting that they refuse (``diffusion.steps``, ``schedule.*``, ``sampler.*``, ``subsequence.*``, a step
+    count beyond the schedule in ``sampler.steps`` or ``eval.steps``) stops the run at its start, named as the
+    user set it."""
     from siddm_lab.diffusion import GaussianDiffusion
 
     spec = cfg.model.get("diffusion") if "model" in cfg else None
     if spec is None:
         return
-    spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
-    diffusion = instantiate(spec) if "_target_" in spec else GaussianDiffusion.from_schedule(**spec)
-    _eval_samplers(cfg, diffusion)
+    with keys_as_set(cfg):
+        spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
+        diffusion = instantiate(spec) if "_target_" in spec else GaussianDiffusion.from_schedule(**spec)
+        _eval_samplers(cfg, diffusion)
+
+
+def build_run(cfg: DictConfig) -> tuple:
+    """``(datamodule, model)`` of ``cfg`` (the model after ``build_model``), with the final evaluation's samplers
+    checked against the model: what a run builds before it writes any file. Every object checks its own
+    settings; an error names the key the user set (``siddm_lab.config.keys_as_set``)."""
+    with keys_as_set(cfg):
+        datamodule = instantiate(cfg.dataset)
+        model = build_model(cfg, datamodule)
+        eval_samplers(cfg, model)
+    return datamodule, model
+
+
+def preflight(cfg: DictConfig, built: set | None = None) -> None:
+    """Everything ``siddm-train`` checks of ``cfg`` before it reads or writes a file (``validate``,
+    ``check_samplers``, ``build_run``): run for every job of a sweep before the first one starts
+    (``siddm_lab.utils.hydra_hooks.SweepCheck``). ``built``: the resolved settings of the models already built
+    (jobs that differ only in other keys, e.g. ``seed``, build theirs once)."""
+    validate(cfg)
+    check_samplers(cfg)
+    key = repr([OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in ("dataset", "model", "seeds", "sampler", "eval") if k in cfg])
+    if built is not None and key in built:
+        return
+    build_run(cfg)
+    if built is not None:
+        built.add(key)
 
 
 def evaluate_model(model, datamodule, cfg: DictConfig, out_dir: Path) -> list[dict]:

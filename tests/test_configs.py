@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from siddm_lab.config import validate
 from siddm_lab.diffusion import CosineContinuousTime, GaussianDiffusion
 from siddm_lab.errors import ConfigError
+from siddm_lab.training import check_samplers, preflight
 from tests.conftest import CONF_DIR
 from tests.helpers import compose_cfg
 
@@ -277,15 +278,24 @@ def test_subsequence_options(option):
         assert len(ts) <= 11
 
 
-def test_bad_sampler_values_name_the_key():
-    for override, key in [("sampler.eta=-1", "sampler.eta"), ("sampler.steps=0", "sampler.steps"),
-                          ("sampler.steps=1001", "sampler.steps"), ("subsequence.name=nope", "subsequence.name"),
-                          ("num_samples=0", "num_samples")]:
-        cfg = compose_sample(["ckpt=x.ckpt", override])
-        if override == "sampler.steps=1001":  # T is known only from the checkpoint: checked at load time
-            continue
-        with pytest.raises(ConfigError, match=key):
-            validate(cfg)
+@pytest.mark.parametrize("override,expected", [
+    ("sampler.eta=-1", "sampler.eta=-1 is invalid: expected a finite number >= 0 or 'sigma_hat'"),
+    ("sampler.eta=abc", "sampler.eta='abc' is invalid: expected a finite number >= 0 or 'sigma_hat'"),
+    ("sampler.clip_x0=0", "sampler.clip_x0=0 is invalid: expected null or a positive number"),
+    ("sampler.steps=0", "sampler.steps=0 is invalid: expected null or a positive integer"),
+    ("sampler.steps=1001", "sampler.steps=1001 is larger than the schedule (T=1000); allowed: 1..1000"),
+    ("subsequence.name=nope", "subsequence.name='nope' is unknown; allowed: full, uniform"),
+])
+def test_bad_sampler_values_name_the_key(override, expected):
+    """The sampler checks its own settings when it is built for a process (siddm-sample: the checkpoint's, before
+    the output folder is accepted); siddm-sample's own keys are the config's."""
+    cfg = compose_sample(["ckpt=x.ckpt", override])
+    validate(cfg)  # no rule of the config: the sampler's own
+    with pytest.raises(ConfigError) as e:
+        instantiate(cfg.sampler)(diffusion=GaussianDiffusion.from_schedule("linear", 1000))
+    assert str(e.value).startswith(expected), str(e.value)
+    with pytest.raises(ConfigError, match=r"^num_samples=0 is invalid: expected a positive integer"):
+        validate(compose_sample(["ckpt=x.ckpt", "num_samples=0"]))
 
 
 def test_unknown_group_option_lists_allowed():
@@ -295,40 +305,81 @@ def test_unknown_group_option_lists_allowed():
     assert "linear" in str(e.value)  # Hydra lists the available options
 
 
+GAN = ["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4"]
+
+
 @pytest.mark.parametrize(
-    "override,key",
+    "overrides,key",
     [
-        ("diffusion.steps=-1", "diffusion.steps"),
-        ("diffusion.steps=abc", "diffusion.steps"),
-        ("diffusion.steps=0", "diffusion.steps"),
-        ("model.prediction_type=score", "model.prediction_type"),
-        ("ablation.lambda_afd=inf", "ablation.lambda_afd"),
-        ("ablation.lambda_disc_reg=inf", "ablation.lambda_disc_reg"),
-        ("sampler.variance_type=learned", "sampler.variance_type"),
-        ("dataset.batch_size=0", "dataset.batch_size"),
-        ("dataset.batch_size=1.5", "dataset.batch_size"),
-        ("trainer.max_steps=-5", "trainer.max_steps"),
-        ("model.optimizer.lr=-1", "model.optimizer.lr"),
-        ("eval.num_samples=1", "eval.num_samples"),
-        ("sampler.steps=1001", "sampler.steps"),
-        ("sampler.steps=0", "sampler.steps"),
-        ("schedule.beta_start=2", "schedule.beta_start"),
-        ("seed=-3", "seed"),
+        (["diffusion.steps=-1"], "diffusion.steps"),
+        (["diffusion.steps=abc"], "diffusion.steps"),
+        (["diffusion.steps=0"], "diffusion.steps"),
+        (["schedule=cosine_continuous", *GAN[:2], "diffusion.steps=0"], "diffusion.steps"),
+        (["model.prediction_type=score"], "model.prediction_type"),
+        ([*GAN, "ablation.lambda_afd=inf"], "ablation.lambda_afd"),
+        ([*GAN, "ablation.lambda_disc_reg=inf"], "ablation.lambda_disc_reg"),
+        ([*GAN, "ablation.afd_form=nope"], "ablation.afd_form"),
+        ([*GAN, "model.objective.lambda_disc_reg=-1"], "model.objective.lambda_disc_reg"),
+        ([*GAN, "model.z_dist=cauchy"], "model.z_dist"),
+        ([*GAN, "model.nz=0"], "model.nz"),
+        (["sampler.variance_type=learned"], "sampler.variance_type"),
+        (["sampler=ddim", "sampler.eta=inf"], "sampler.eta"),
+        (["sampler.clip_x0=-1"], "sampler.clip_x0"),
+        (["sampler=ddim", "subsequence.name=nope"], "subsequence.name"),
+        (["dataset.batch_size=0"], "dataset.batch_size"),
+        (["dataset.batch_size=1.5"], "dataset.batch_size"),
+        (["dataset.num_workers=-1"], "dataset.num_workers"),
+        (["trainer.max_steps=-5"], "trainer.max_steps"),
+        (["model.optimizer.lr=-1"], "model.optimizer.lr"),
+        (["eval.num_samples=1"], "eval.num_samples"),
+        (["sampler.steps=1001"], "sampler.steps"),
+        (["sampler.steps=0"], "sampler.steps"),
+        (["schedule.name=nope"], "schedule.name"),
+        (["schedule.beta_start=2"], "schedule.beta_start"),
+        (["schedule.beta_end=abc"], "schedule.beta_end"),
+        (["seeds=[1,1]"], "seeds"),
+        (["seed=-3"], "seed"),
     ],
 )
-def test_invalid_values_name_the_key(override, key):
-    cfg = compose_cfg([override])
+def test_invalid_values_name_the_key(overrides, key):
+    """Refused before any work (``preflight``: the config's own rules, then the objects built from it, each
+    checking its arguments), naming the key set, the value and what is allowed."""
+    cfg = compose_cfg(overrides)
     with pytest.raises(ConfigError) as e:
-        validate(cfg)
+        preflight(cfg)
     msg = str(e.value)
-    assert msg.startswith(key), msg
+    assert msg.startswith(key + "="), msg
     assert "expected" in msg or "allowed" in msg, msg
 
 
 def test_eval_steps_larger_than_schedule_message():
     cfg = compose_cfg(["sampler.steps=5000"])
     with pytest.raises(ConfigError, match=r"sampler.steps=5000 is larger than the schedule.*1\.\.1000"):
-        validate(cfg)
+        check_samplers(cfg)
+
+
+def test_a_continuous_time_gan_samples_with_more_steps_than_its_t():
+    """The sampler decides which step counts a process allows: a continuous-time diffusion GAN samples with any
+    K (the generator chain), so sampler.steps > diffusion.steps is no config error there."""
+    cfg = compose_cfg(["experiment=siddm_toy_released", "sampler.steps=8", "eval.steps=null"])
+    preflight(cfg)
+    with pytest.raises(ConfigError, match=r"sampler.steps=8: a discrete-time diffusion GAN samples with its T=4"):
+        preflight(compose_cfg([*GAN, "sampler.steps=8"]))
+
+
+def test_a_value_given_to_another_key_is_named_as_set():
+    """An object names its own argument; the config gives it the value of another key by interpolation (the
+    objective's lambda_afd is ablation.lambda_afd unless set itself): the message names the key that was set."""
+    from siddm_lab.config import named_as_set
+
+    cfg = compose_cfg(GAN)
+    error = ConfigError("model.objective.lambda_afd=-1 is invalid: expected a finite number >= 0")
+    assert str(named_as_set(cfg, error)) == ("ablation.lambda_afd=-1 is invalid: expected a finite number >= 0 "
+                                             "(given to model.objective.lambda_afd)")
+    set_directly = compose_cfg([*GAN, "model.objective.lambda_afd=-1"])
+    assert named_as_set(set_directly, error) is error
+    other = ConfigError("net.image_size=8 is not divisible by 2**(len(net.channel_mult)-1)=16")
+    assert named_as_set(compose_cfg(["dataset=digits", "net=unet_small"]), other) is other  # not one value's
 
 
 @pytest.mark.parametrize("option", options("model"))
@@ -418,14 +469,16 @@ def test_groups_that_do_not_fit_together_fail_by_name():
          "dataset.image_size='abc' is invalid: expected a positive integer"),
         (["dataset=digits", "net=unet_small", "dataset.channels=0"],
          "dataset.channels=0 is invalid: expected a positive integer"),
-        (["model=siddm", "net=mlp_gen", "model.nz=abc"], "model.nz='abc' is invalid: expected a positive integer"),
+        (["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "model.nz=abc"],
+         "model.nz='abc' is invalid: expected an integer >= 0 (given to net.cond_dim)"),
     ],
 )
 def test_values_the_nets_are_built_from_name_their_own_key(overrides, expected):
     """dataset.image_size / dataset.channels / model.nz reach the nets by interpolation: a bad value is
-    reported under the key the user set, before anything is built."""
+    reported under the key the user set (the datamodule, built first, checks its image shape; the net's
+    net.cond_dim is named as model.nz), before any work."""
     with pytest.raises(ConfigError) as e:
-        validate(compose_cfg(overrides))
+        preflight(compose_cfg(overrides))
     assert str(e.value) == expected
 
 

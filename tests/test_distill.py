@@ -152,6 +152,10 @@ def test_teachers_that_cannot_be_distilled_are_refused(tmp_path, teacher):
         run_distill(SMALL + ["distill.steps_per_round=0"], tmp_path / "d", teacher)
     with pytest.raises(BUILD_ERRORS, match="larger than the schedule"):
         run_distill(SMALL + ["distill.teacher_steps=64", "distill.rounds=2"], tmp_path / "e", teacher)
+    # the student's model names its argument model.prediction_type: the user sets distill.prediction_type
+    with pytest.raises(ConfigError, match=r"^distill.prediction_type='score' is invalid: expected one of eps, x0, v"):
+        run_distill(SMALL + PD + ["distill.prediction_type=score"], tmp_path / "f", teacher)
+    assert not (tmp_path / "f").exists()
 
 
 def test_a_gamma_teacher_is_refused(tmp_path):

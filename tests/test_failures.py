@@ -41,7 +41,7 @@ def _one_error_line(res, expected: str) -> None:
     assert "Traceback" not in out, out[-3000:]
 
 
-# ------------------------------------------------------------------ values checked when the config is composed
+# ------------------------------------------------------------------ values checked before any work
 @pytest.mark.parametrize("overrides,expected", [
     # 6: an infinite eta passed the ">= 0" check and gave all-NaN samples
     (["sampler=ddim", "sampler.eta=inf"], "sampler.eta=inf is invalid: expected a finite number >= 0 or 'sigma_hat'"),
@@ -55,9 +55,29 @@ def _one_error_line(res, expected: str) -> None:
     (["eval.steps=[10,abc]"], "eval.steps=[10, 'abc'] is invalid: expected null (sampler.steps), a positive integer"),
 ])
 def test_bad_values_name_the_key_set(overrides, expected):
+    from siddm_lab.training import preflight
+
     with pytest.raises(ConfigError) as e:
-        validate(compose_cfg(overrides))
+        preflight(compose_cfg(overrides))
     assert expected in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ([*GAN, "model.z_dist=cauchy"], "model.z_dist='cauchy' is unknown; allowed: normal, uniform"),
+    ([*GAN, "ablation.lambda_afd=-1"], "ablation.lambda_afd=-1 is invalid: expected a finite number >= 0 "
+                                       "(given to model.objective.lambda_afd)"),
+    (["sampler=ddim", "sampler.eta=-1"], "sampler.eta=-1 is invalid: expected a finite number >= 0 or 'sigma_hat'"),
+    (["diffusion.steps=0"], "diffusion.steps=0 is invalid: expected a positive integer"),
+    (["dataset.batch_size=0"], "dataset.batch_size=0 is invalid: expected a positive integer"),
+    (["seeds=[1,1]"], "seeds=[1, 1] is invalid: expected a list of distinct non-negative integers"),
+])
+def test_a_value_an_object_refuses_stops_the_run_before_any_file(tmp_path, overrides, expected):
+    """The objects check their own settings when the train entry builds them, before it writes anything to the
+    run folder (no config.yaml, no checkpoints)."""
+    with pytest.raises(ConfigError) as e:
+        run_train(TINY_TOY + overrides, tmp_path)
+    assert str(e.value).startswith(expected), str(e.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_eval_steps_beyond_the_schedule_is_refused_at_the_start(tmp_path):
@@ -132,12 +152,26 @@ def test_sampling_with_a_huge_eta_stops_instead_of_reporting_nan(tmp_path, toy_c
 @pytest.mark.parametrize("overrides,expected", [
     (["num_samples=1"], "num_samples=1 is too few for the metrics"),  # 10: was "need at least 2 samples"
     (["device=tpu"], "device='tpu' is invalid: expected auto, cpu, cuda or cuda:<index>"),  # 11: torch's RuntimeError
+    (["sampler=ddim", "sampler.eta=-1"], "sampler.eta=-1 is invalid: expected a finite number >= 0 or 'sigma_hat'"),
+    (["sampler=ddim", "sampler.steps=51"], "sampler.steps=51 is larger than the schedule (T=50)"),
+    (["sampler=generator"], "sampler=generator needs a diffusion GAN's generator chain"),
 ])
 def test_sample_values_are_checked_before_sampling(tmp_path, toy_ckpt, overrides, expected):  # noqa: F811
     with pytest.raises(ConfigError) as e:
         run_sample([f"ckpt={toy_ckpt}", *overrides], tmp_path)
     assert expected in str(e.value), str(e.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sampler_the_checkpoint_refuses_leaves_the_folder_untouched(tmp_path, toy_ckpt):  # noqa: F811
+    """siddm-sample builds the sampler for the checkpoint's model before it accepts its folder: a refused sampler
+    leaves no .hydra/ files or log there (the CLI), as a bad value of the config does."""
+    out = tmp_path / "s"
+    res = _cli("siddm_lab.sample", f"ckpt={toy_ckpt}", "sampler=ddim", "sampler.eta=-1", "progress=false",
+               f"hydra.run.dir={out}")
+    assert res.returncode == 2, res.stderr[-2000:]
+    _one_error_line(res, "sampler.eta=-1 is invalid: expected a finite number >= 0 or 'sigma_hat'")
+    assert not out.exists() or _tree(out) == {}, sorted(_tree(out))
 
 
 @pytest.mark.slow
@@ -274,6 +308,20 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
     assert res.returncode == 2
     _one_error_line(res, f"hydra.run.dir={existing} is an existing file, not a folder")
     assert existing.read_text() == "mine\n"
+
+
+def test_a_sweep_of_sample_jobs_checks_each_sampler_before_the_first_job(tmp_path, toy_ckpt):  # noqa: F811
+    """Every job of a siddm-sample sweep builds its sampler for the checkpoint before any job runs (the checkpoint
+    loaded once): an invalid one stops the sweep, named, with nothing written."""
+    sweep = tmp_path / "sweep"
+    res = _cli("siddm_lab.sample", "-m", f"ckpt={toy_ckpt}", "sampler=ddim", "sampler.steps=5", "num_samples=200",
+               "progress=false", "sampler.eta=0,-1,abc", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 2, res.stderr[-2000:]
+    msg = res.stderr
+    assert "2 of the 3 jobs of this sweep are invalid, so none was run" in msg, msg[-2000:]
+    assert "job 1 (sampler.eta=-1): sampler.eta=-1 is invalid: expected a finite number >= 0" in msg, msg[-2000:]
+    assert "job 2 (sampler.eta=abc)" in msg and "Traceback" not in msg, msg[-2000:]
+    assert not sweep.exists()
 
 
 def test_a_sweep_with_an_invalid_job_runs_none_and_names_it(tmp_path):

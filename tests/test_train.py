@@ -246,6 +246,8 @@ def test_wandb_logger_offline_without_credentials(tmp_path, monkeypatch):
         (["net.hidden=abc"], "net.hidden='abc' is invalid: expected an integer >= 1"),
         (["dataset=digits", "net=unet_small", "net.channel_mult=[1,2,2,2,2]"],
          "net.image_size=8 is not divisible by 2**(len(net.channel_mult)-1)=16"),
+        (["model=siddm", "net=mlp_gen", "schedule=ddgan_vp", "diffusion.steps=4", "model.z_dist=cauchy"],
+         "model.z_dist='cauchy' is unknown; allowed: normal, uniform"),
     ],
 )
 def test_cli_user_error_exits_2_with_one_line(tmp_path, args, expected):
@@ -257,7 +259,8 @@ def test_cli_user_error_exits_2_with_one_line(tmp_path, args, expected):
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], res.stderr[-2000:]
     assert "Traceback" not in out and "Error executing job" not in out, out[-2000:]
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.yaml").exists()
+    assert not (tmp_path / ".hydra").exists()  # the run folder is accepted only after the objects are built
 
 
 class _RecordInputs(nn.Module):

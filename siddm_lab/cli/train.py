@@ -11,14 +11,13 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from siddm_lab.config import CONF_DIR, validate
 from siddm_lab.models.init_from import weights_initialiser
 from siddm_lab.resume import resolve_ckpt_path
-from siddm_lab.training import build_model, build_trainer, check_samplers, eval_samplers, finish, fit
+from siddm_lab.training import build_run, build_trainer, check_samplers, finish, fit
 from siddm_lab.utils.entry import optimized_value, user_errors
 from siddm_lab.utils.loggers import build_callbacks, build_loggers
 from siddm_lab.utils.run_files import accept_output_dir, write_resolved_config
@@ -29,8 +28,8 @@ def train(cfg: DictConfig, init_model=None) -> dict:
     """Train ``cfg``'s model (``init_model(model)`` sets a fresh run's initial weights; ``siddm-distill``
     copies its teacher's; else ``init.ckpt``'s nets, ``siddm_lab.models.init_from``), evaluate it and write its
     metrics."""
-    validate(cfg)
-    check_samplers(cfg)  # sampler.steps / eval.steps that the process cannot run: refused before any work
+    validate(cfg)  # the keys that no object receives
+    check_samplers(cfg)  # the process and the samplers check their settings: refused before any work
     apply_threads(cfg.get("threads", "auto"), local_processes(cfg.get("trainer")))
     # Lightning warns (with a code snippet) that a manually optimised model's checkpoints hold the weights
     # after the step: that is what a resumed run needs, and every model steps that way.
@@ -41,9 +40,7 @@ def train(cfg: DictConfig, init_model=None) -> dict:
     if init_model is None and ckpt_path is None:
         init_model = weights_initialiser(cfg)  # init.ckpt: loaded and checked before anything is written
     # the objects validate their own settings, and the samplers are checked against the model: before any file
-    datamodule = instantiate(cfg.dataset)
-    model = build_model(cfg, datamodule)
-    eval_samplers(cfg, model)
+    datamodule, model = build_run(cfg)
     if init_model is not None and ckpt_path is None:
         init_model(model)
     # DDP ranks started by re-running the command share the folder: rank 0 writes the run's files

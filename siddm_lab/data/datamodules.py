@@ -54,10 +54,10 @@ class _BatchedTensor(Dataset):
 class _Base(L.LightningDataModule):
     def __init__(self, batch_size: int, num_workers: int = 0, eval_batch_size: int | None = None):
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"dataset.batch_size must be a positive integer, got {batch_size!r}")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError(f"dataset.num_workers must be a non-negative integer, got {num_workers!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"dataset.batch_size={batch_size!r} is invalid: expected a positive integer")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"dataset.num_workers={num_workers!r} is invalid: expected a non-negative integer")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -214,6 +214,11 @@ class ImageDataModule(_Base):
                  hflip: bool = False, eval_batch_size: int | None = None, name: str = "images",
                  channels: int | None = None, image_size: int | None = None, metrics: dict | None = None):
         super().__init__(batch_size, num_workers, eval_batch_size)
+        # the nets are built from these too (net.in_channels / net.image_size: ${dataset.*}): checked here, where
+        # the key is the one the user sets, before the nets
+        for key, v in (("channels", channels), ("image_size", image_size)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"dataset.{key}={v!r} is invalid: expected a positive integer")
         self.channels = channels
         self.image_size = image_size
         m = dict(metrics or {})

@@ -23,6 +23,7 @@ import math
 import torch
 from torch import nn
 
+from siddm_lab.diffusion.schedules import check_steps
 from siddm_lab.errors import ConfigError
 
 
@@ -43,8 +44,7 @@ class CosineContinuousTime(nn.Module):
         if (noise or {}).get("name", "gaussian") != "gaussian":
             raise ConfigError(f"noise={(noise or {}).get('name')}: schedule=cosine_continuous is the diffusion GANs' "
                               f"Gaussian process; Gamma noise is a DDPM option (use a discrete schedule)")
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ConfigError(f"diffusion.steps must be a positive integer, got {T!r}")
+        check_steps(T)
         if not 0.0 <= s < 1.0 or not 0.0 <= t_min < 1.0:
             raise ConfigError(f"schedule.s and schedule.t_min must lie in [0, 1), got s={s}, t_min={t_min}")
         self.T, self.s, self.t_min = T, float(s), float(t_min)

@@ -44,6 +44,19 @@ DISC_TIMES = ("pair", "prev")
 PREDICTION_TYPES = ("eps", "x0", "v")
 
 
+def _weight(key: str, v) -> float:
+    """``v`` as a float if it is a finite number >= 0 (a loss weight), else a ConfigError naming ``key``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+        raise ConfigError(f"{key}={v!r} is invalid: expected a finite number >= 0")
+    return float(v)
+
+
+def _choice(key: str, v, allowed) -> str:
+    if v not in allowed:
+        raise ConfigError(f"{key}={v!r} is invalid: expected one of {', '.join(allowed)}")
+    return v
+
+
 class DDPMLoss:
     """Denoising regression E ||f(x_t, t) − target||² (Ho et al. 2020), t ~ U{0..T−1}.
 
@@ -55,13 +68,8 @@ class DDPMLoss:
     joint = False
 
     def __init__(self, prediction_type: str = "eps", adversarial: float = 0.1):
-        if prediction_type not in PREDICTION_TYPES:
-            raise ConfigError(f"model.prediction_type={prediction_type!r} is unknown; allowed: "
-                              f"{', '.join(PREDICTION_TYPES)}")
-        if isinstance(adversarial, bool) or not isinstance(adversarial, (int, float)) or adversarial < 0:
-            raise ConfigError(f"model.adversarial={adversarial!r} is invalid: expected a number >= 0")
-        self.prediction_type = prediction_type
-        self.adversarial = float(adversarial)
+        self.prediction_type = _choice("model.prediction_type", prediction_type, PREDICTION_TYPES)
+        self.adversarial = _weight("model.adversarial", adversarial)
 
     def __call__(self, net, diffusion, x0: torch.Tensor, t: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None, rng: RandomSource = GLOBAL) -> torch.Tensor:
@@ -142,19 +150,16 @@ class GANObjective:
 
     def __init__(self, disc_input: str = "x_prev", disc_time: str = "pair", r1_gamma: float = 0.0, lazy_reg: int = 1,
                  adversarial: float = 1.0):
-        if disc_input not in DISC_INPUTS:
-            raise ConfigError(f"objective.disc_input={disc_input!r} is unknown; allowed: {', '.join(DISC_INPUTS)}")
-        if disc_time not in DISC_TIMES:
-            raise ConfigError(f"objective.disc_time={disc_time!r} is unknown; allowed: {', '.join(DISC_TIMES)}")
-        if r1_gamma < 0 or int(lazy_reg) < 1:
-            raise ConfigError(f"objective.r1_gamma must be >= 0 and lazy_reg >= 1, got {r1_gamma}, {lazy_reg}")
-        if isinstance(adversarial, bool):
-            adversarial = float(adversarial)
-        if adversarial < 0:
-            raise ConfigError(f"objective.adversarial must be >= 0, got {adversarial}")
-        self.disc_input, self.disc_time = disc_input, disc_time
-        self.r1_gamma, self.lazy_reg = float(r1_gamma), int(lazy_reg)
-        self.adversarial = float(adversarial)
+        self.disc_input = _choice("model.objective.disc_input", disc_input, DISC_INPUTS)
+        self.disc_time = _choice("model.objective.disc_time", disc_time, DISC_TIMES)
+        self.r1_gamma = _weight("model.objective.r1_gamma", r1_gamma)
+        if isinstance(lazy_reg, bool) or not isinstance(lazy_reg, int) or lazy_reg < 1:
+            raise ConfigError(f"model.objective.lazy_reg={lazy_reg!r} is invalid: expected a positive integer "
+                              f"(iterations between R1 penalties)")
+        self.lazy_reg = lazy_reg
+        # true / false switches the term (``ablation.adversarial``), a number weighs it
+        self.adversarial = _weight("model.objective.adversarial",
+                                   float(adversarial) if isinstance(adversarial, bool) else adversarial)
 
     # ------------------------------------------------------------------ what D needs
     def discriminator_heads(self) -> dict:
@@ -262,17 +267,14 @@ class SIDDMLoss(GANObjective):
                  disc_reg: bool = True, lambda_disc_reg: float = 1.0, adversarial: float = 1.0,
                  disc_input: str = "x_prev", disc_time: str = "pair", r1_gamma: float = 0.0, lazy_reg: int = 1):
         super().__init__(disc_input, disc_time, r1_gamma, lazy_reg, adversarial)
-        if afd_form not in AFD_FORMS:
-            raise ConfigError(f"ablation.afd_form={afd_form!r} is unknown; allowed: {', '.join(AFD_FORMS)}")
-        if not isinstance(lambda_afd, (int, float)) or isinstance(lambda_afd, bool) or lambda_afd < 0:
-            raise ConfigError(f"ablation.lambda_afd must be a number >= 0, got {lambda_afd!r}")
-        if not isinstance(lambda_disc_reg, (int, float)) or isinstance(lambda_disc_reg, bool) or lambda_disc_reg < 0:
-            raise ConfigError(f"ablation.lambda_disc_reg must be a number >= 0, got {lambda_disc_reg!r}")
-        self.lambda_afd, self.afd_form = float(lambda_afd), afd_form
+        # the config gives these the values of ``ablation.*`` (conf/objective/siddm.yaml): an error names the key
+        # set (``siddm_lab.config.named_as_set``)
+        self.afd_form = _choice("model.objective.afd_form", afd_form, AFD_FORMS)
+        self.lambda_afd = _weight("model.objective.lambda_afd", lambda_afd)
+        self.lambda_disc_reg = _weight("model.objective.lambda_disc_reg", lambda_disc_reg)
         self.uses_afd = self.lambda_afd > 0
         self.uses_entropy = self.uses_afd and bool(entropy)
-        self.uses_disc_reg = bool(disc_reg) and lambda_disc_reg > 0
-        self.lambda_disc_reg = float(lambda_disc_reg)
+        self.uses_disc_reg = bool(disc_reg) and self.lambda_disc_reg > 0
 
     def discriminator_heads(self) -> dict:
         return {"joint": False, "cond_head": self.uses_entropy, "aux_head": self.uses_disc_reg}
@@ -313,9 +315,7 @@ class SIDDMReleasedLoss(GANObjective):
     def __init__(self, afd_weight: float = 1.0, joint: bool = False, disc_input: str = "x0", disc_time: str = "prev",
                  adversarial: float = 1.0, r1_gamma: float = 0.0, lazy_reg: int = 1):
         super().__init__(disc_input, disc_time, r1_gamma, lazy_reg, adversarial)
-        if not isinstance(afd_weight, (int, float)) or isinstance(afd_weight, bool) or afd_weight < 0:
-            raise ConfigError(f"objective.afd_weight must be a number >= 0, got {afd_weight!r}")
-        self.afd_weight = float(afd_weight)
+        self.afd_weight = _weight("model.objective.afd_weight", afd_weight)
         self.joint = bool(joint)
 
     def extra_g_terms(self, parts, t, x_t, x_prev_fake, out):

@@ -81,6 +81,13 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1.0 - alphas
 
 
+def check_steps(T) -> int:
+    """``T`` if it is a valid number of diffusion steps (the schedule's ``T``: ``diffusion.steps``)."""
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ConfigError(f"diffusion.steps={T!r} is invalid: expected a positive integer (the schedule's T)")
+    return T
+
+
 def make_betas(
     name: str,
     T: int,
@@ -95,17 +102,18 @@ def make_betas(
     zero_terminal_snr: bool = False,
 ) -> torch.Tensor:
     """β_1..β_T (float64, shape [T]) for a named schedule; validates its arguments."""
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ConfigError(f"diffusion.steps must be a positive integer, got {T!r}")
+    check_steps(T)
     if name == "quadratic":  # ermongroup/ddim's name for the same betas; one name per schedule
         raise ConfigError("schedule.name='quadratic' is not a schedule of its own: its betas are scaled_linear's "
                           "(linspace(sqrt beta_start, sqrt beta_end, T)^2); use schedule=scaled_linear")
     if name in ("linear", "scaled_linear", "sigmoid"):
-        if not (0.0 < beta_start < beta_end < 1.0):
-            raise ConfigError(
-                f"schedule '{name}' needs 0 < beta_start < beta_end < 1, "
-                f"got beta_start={beta_start}, beta_end={beta_end}"
-            )
+        needs = f"schedule '{name}' needs 0 < beta_start < beta_end < 1"
+        for key, v in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+                raise ConfigError(f"schedule.{key}={v!r} is invalid: expected a number in (0, 1) ({needs})")
+        if not beta_start < beta_end:
+            raise ConfigError(f"schedule.beta_start={beta_start!r} is invalid: expected a number below "
+                              f"schedule.beta_end={beta_end!r} ({needs})")
     if name == "linear":
         betas = linear_betas(T, beta_start, beta_end)
     elif name == "scaled_linear":

@@ -63,6 +63,8 @@ class SIDDM(DiffusionModule):
                               f"of the Gaussian process) need noise=gaussian; Gamma noise is a DDPM option")
         if z_dist not in Z_DISTS:
             raise ConfigError(f"model.z_dist={z_dist!r} is unknown; allowed: {', '.join(Z_DISTS)}")
+        if isinstance(nz, bool) or not isinstance(nz, int) or nz < 1:
+            raise ConfigError(f"model.nz={nz!r} is invalid: expected a positive integer (the latent size)")
         if getattr(generator, "cond_dim", nz) != nz:
             raise ConfigError(f"the generator net takes a latent of size {generator.cond_dim} but model.nz={nz}; "
                               f"set net.cond_dim=${{model.nz}}")

@@ -1,8 +1,9 @@
 """Checks that run in Hydra itself, before a job's code (``conf/hydra/default.yaml``):
 
-- ``SweepCheck``: every job of a sweep is validated (``siddm_lab.config.validate``) before the first one
-  runs: a sweep with an invalid job runs none and names each invalid job, instead of stopping at it after
-  the jobs before it ran and skipping the rest;
+- ``SweepCheck``: every job of a sweep is checked as the job itself checks it before any work (its app's
+  ``preflight``: the config, and the objects built from it) before the first one runs: a sweep with an
+  invalid job runs none and names each invalid job, instead of stopping at it after the jobs before it ran
+  and skipping the rest;
 - ``OutputDirCheck``: an output folder (``hydra.run.dir`` / ``hydra.sweep.dir``) that is an existing file is
   refused with a message (Hydra would fail with a raw FileExistsError when it creates the folder).
 """
@@ -23,10 +24,30 @@ def _refuse(message: str):
     raise SystemExit(USER_ERROR_STATUS)
 
 
+def _preflight(config_name: str | None):
+    """``check(cfg)``: what the app of ``config_name`` checks of a job's config before any work
+    (``siddm_lab.training.preflight`` for siddm-train: the config and the objects built from it, each model
+    once; ``siddm_lab.sampling.preflight`` for siddm-sample: the config and the sampler against the
+    checkpoint's model, each checkpoint loaded once; ``siddm_lab.config.validate`` for the others)."""
+    if config_name == "train":
+        from siddm_lab.training import preflight
+
+        built: set = set()
+        return lambda cfg: preflight(cfg, built)
+    if config_name == "sample":
+        from siddm_lab.sampling import preflight
+
+        loaded: dict = {}
+        return lambda cfg: preflight(cfg, loaded)
+    from siddm_lab.config import validate
+
+    return validate
+
+
 class SweepCheck(Callback):
-    """Validate every job of a sweep of Hydra's basic sweeper (``siddm_lab.config.validate``) before the
-    sweep's folder is created and its first job runs. Other sweepers (which choose their jobs as they go)
-    are left alone."""
+    """Check every job of a sweep of Hydra's basic sweeper as the job itself would before any work
+    (``_preflight``), before the sweep's folder is created and its first job runs. Other sweepers (which
+    choose their jobs as they go) are left alone."""
 
     def on_multirun_start(self, config, config_name=None, **kwargs) -> None:
         sweeper = config.hydra.sweeper
@@ -36,21 +57,20 @@ class SweepCheck(Callback):
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from omegaconf import open_dict
 
-        from siddm_lab.config import validate
         from siddm_lab.errors import SiddmError
 
         params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
         overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
         jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
         swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
-        problems = []
+        problems, check = [], _preflight(config_name)
         for num, job in enumerate(jobs):
             try:
                 cfg = compose(config_name=config_name, overrides=list(job))
                 with open_dict(cfg):
                     if "paths" in cfg and "output_dir" in cfg.paths:  # the job's folder is not known yet
                         cfg.paths.output_dir = str(Path(str(config.hydra.sweep.dir)) / str(num))
-                validate(cfg)
+                check(cfg)
             except SiddmError as e:
                 label = ",".join(o for o in job if o.split("=", 1)[0] in swept) or ",".join(job)
                 problems.append(f"job {num} ({label}): {e}")
