@@ -164,7 +164,8 @@ def evaluate(model, sampler, datamodule, n: int, seed: int, out_dir, *, batch_si
     settings = sampler.settings()
     check_finite_samples(model, samples, settings)
     if title is None:
-        title = f"{type(model).__name__} T={model.diffusion.num_timesteps} {settings['sampler']} NFE={settings['nfe']}"
+        name = getattr(model, "label", type(model).__name__)
+        title = f"{name} T={model.diffusion.num_timesteps} {settings['sampler']} NFE={settings['nfe']}"
     results = score(model, samples, datamodule, out_dir, stem=stem, title=title, strict=strict)
     check_finite_metrics(results, settings)
     for r in results:

@@ -118,6 +118,11 @@ class SIDDM(DiffusionModule):
         return x0, self.diffusion.predict_eps_from_x0(x_t, t, x0)
 
     @property
+    def label(self) -> str:
+        """The method's name for titles and tables: DDGAN or SIDDM (one class trains both)."""
+        return self.mode.upper()
+
+    @property
     def continuous(self) -> bool:
         return bool(getattr(self.diffusion, "continuous", False))
 
