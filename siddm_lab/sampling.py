@@ -136,8 +136,8 @@ def sample_checkpoint(cfg: DictConfig) -> dict:
     dm = build_datamodule(run_cfg, cfg.data_dir)
     accept_output_dir(out_dir)
     info = {"ckpt": str(cfg.ckpt), "model": getattr(model, "label", type(model).__name__),
-            "T": model.diffusion.num_timesteps, **sampler.settings(), "seed": int(cfg.seed), "weights": cfg.weights, "member": cfg.get("member"),
-            "train_step": model.global_step_at_save}
+            "T": model.diffusion.num_timesteps, **sampler.settings(), "seed": int(cfg.seed), "weights": cfg.weights,
+            "member": cfg.get("member"), "train_step": model.global_step_at_save}
     title = f"{info['model']} {info['sampler']} NFE={sampler.nfe}" + (f" eta={info['eta']}" if "eta" in info else "")
     if cfg.mode == "sample":
         if cfg.metrics:
