@@ -201,6 +201,24 @@ def app_groups(app: str, *groups: str) -> str:
 
 OmegaConf.register_new_resolver("siddm_groups", lambda *args: app_groups(*args), replace=True)
 
+MAX_DIRNAME = 160  # characters of a sweep job's folder name taken from its overrides (file systems allow 255 bytes)
+
+
+def short_dirname(name: str, limit: int = MAX_DIRNAME) -> str:
+    """A sweep job's folder name from its overrides (``hydra.job.override_dirname``): as it is up to ``limit``
+    characters, else its first ones and a hash of the whole (distinct jobs keep distinct folders; the job's
+    overrides are in its config.yaml and .hydra/overrides.yaml)."""
+    name = str(name)
+    if len(name.encode()) <= limit:
+        return name
+    import hashlib
+
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name.encode()[: limit - 12].decode(errors="ignore") + "~" + digest
+
+
+OmegaConf.register_new_resolver("siddm_dirname", short_dirname, replace=True)
+
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None,
             return_hydra_config: bool = False) -> DictConfig:

@@ -122,7 +122,7 @@ def build_model(cfg: DictConfig, datamodule):
     run would be) trained as one module. The datamodule's batches follow the same seeds."""
     seeds = cfg.get("seeds")
     if seeds is None:
-        model = instantiate(cfg.model)
+        model = instantiate(cfg.model, data_shape=tuple(datamodule.data_shape))
         datamodule.set_seeds(seed=int(cfg.seed))
         return model
     seeds = list(seeds)
@@ -133,7 +133,7 @@ def build_model(cfg: DictConfig, datamodule):
     models = []
     for s in seeds:
         L.seed_everything(s, workers=True, verbose=False)
-        models.append(instantiate(cfg.model))
+        models.append(instantiate(cfg.model, data_shape=tuple(datamodule.data_shape)))
     if not hasattr(type(models[0]), "stack"):
         raise ConfigError(f"seeds=[...] trains an ensemble in one process, which {type(models[0]).__name__} does "
                           f"not support (DDGAN/SIDDM toy models do); sweep the seeds instead: -m seed=0,1,2")

@@ -511,3 +511,15 @@ def test_bad_net_values_are_one_line_user_errors(overrides, expected, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+
+
+def test_a_sweep_job_folder_name_stays_within_the_file_system_limit():
+    """A job's folder is named by its overrides; a long list is cut and hashed (distinct jobs stay distinct)."""
+    from siddm_lab.config import MAX_DIRNAME, short_dirname
+
+    assert short_dirname("seed=0,trainer=ddp_cpu") == "seed=0,trainer=ddp_cpu"
+    long_a = ",".join(f"key{i}.value={i}" for i in range(40)) + ",seed=0"
+    long_b = long_a[:-1] + "1"
+    a, b = short_dirname(long_a), short_dirname(long_b)
+    assert len(a.encode()) <= MAX_DIRNAME and len(b.encode()) <= MAX_DIRNAME and a != b
+    assert a.startswith(long_a[:100])

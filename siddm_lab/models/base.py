@@ -46,12 +46,14 @@ class DiffusionModule(L.LightningModule):
         lr_scheduler / lr_scheduler_d: ``optimizer -> LRScheduler`` partials or None (stepped per iteration).
         grad_clip / grad_clip_d: max gradient norm per net (None = off).
         log_every_n_steps: how often the training losses are logged (every step costs a device sync).
+        data_shape: the shape of one sample (the run passes its datamodule's; None: taken in ``setup``).
     """
 
     def __init__(self, generator: nn.Module, diffusion: GaussianDiffusion | dict, objective, discriminator=None,
                  optimizer: Callable | None = None, optimizer_d: Callable | None = None,
                  lr_scheduler: Callable | None = None, lr_scheduler_d: Callable | None = None,
-                 grad_clip: float | None = None, grad_clip_d: float | None = None, log_every_n_steps: int = 50):
+                 grad_clip: float | None = None, grad_clip_d: float | None = None, log_every_n_steps: int = 50,
+                 data_shape=None):
         super().__init__()
         if isinstance(diffusion, dict):
             diffusion = GaussianDiffusion.from_schedule(**diffusion)
@@ -75,8 +77,9 @@ class DiffusionModule(L.LightningModule):
         self.log_every_n_steps = max(1, int(log_every_n_steps))
         self.rng = RandomSource()  # the global RNG (StepSeed reseeds it every step)
         self.member_seeds: list[int] | None = None
-        # the shape of one sample: from the datamodule (``setup``) or the checkpoint (``on_load_checkpoint``)
-        self.data_shape: tuple[int, ...] | None = None
+        # the shape of one sample: given by the run (its datamodule's), else from the datamodule (``setup``) or the
+        # checkpoint (``on_load_checkpoint``)
+        self.data_shape: tuple[int, ...] | None = None if data_shape is None else tuple(int(d) for d in data_shape)
         self.global_step_at_save = 0  # the iteration a loaded checkpoint was saved at
         self._train_seconds_offset, self._eval_seconds = 0.0, 0.0
 

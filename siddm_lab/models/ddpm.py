@@ -34,10 +34,10 @@ class DDPM(DiffusionModule):
     def __init__(self, net: nn.Module, diffusion, optimizer, lr_scheduler=None, prediction_type: str = "eps",
                  discriminator=None, optimizer_d=None, lr_scheduler_d=None, adversarial: float = 0.1,
                  grad_clip: float | None = None, grad_clip_d: float | None = None,
-                 log_every_n_steps: int = 50):
+                 log_every_n_steps: int = 50, data_shape=None):
         super().__init__(_Denoiser(net), diffusion, DDPMLoss(prediction_type, adversarial), discriminator,
                          optimizer, optimizer_d, lr_scheduler, lr_scheduler_d, grad_clip, grad_clip_d,
-                         log_every_n_steps)
+                         log_every_n_steps, data_shape)
         self.prediction_type = prediction_type
 
     @property

@@ -58,9 +58,9 @@ class Distillation(DDPM):
 
     def __init__(self, net: nn.Module, diffusion, optimizer, lr_scheduler=None, prediction_type: str = "v",
                  teacher_prediction_type: str = "eps", clip_x0: float | None = None, grad_clip: float | None = None,
-                 log_every_n_steps: int = 50):
+                 log_every_n_steps: int = 50, data_shape=None):
         super().__init__(net, diffusion, optimizer, lr_scheduler, prediction_type, grad_clip=grad_clip,
-                         log_every_n_steps=log_every_n_steps)
+                         log_every_n_steps=log_every_n_steps, data_shape=data_shape)
         if isinstance(self.diffusion, GammaDiffusion):
             raise ConfigError("distillation needs a deterministic DDIM teacher of a Gaussian process; this teacher "
                               "was trained with noise=gamma")
@@ -128,9 +128,9 @@ class ProgressiveDistillation(Distillation):
                  teacher_prediction_type: str = "eps", teacher_steps: int = 16, rounds: int = 4,
                  steps_per_round: int = 1000, subsequence: dict | None = None, weighting: str = "truncated_snr",
                  clip_x0: float | None = None, grad_clip: float | None = None,
-                 log_every_n_steps: int = 50):
+                 log_every_n_steps: int = 50, data_shape=None):
         super().__init__(net, diffusion, optimizer, lr_scheduler, prediction_type, teacher_prediction_type, clip_x0,
-                         grad_clip, log_every_n_steps)
+                         grad_clip, log_every_n_steps, data_shape)
         if isinstance(steps_per_round, bool) or not isinstance(steps_per_round, int) or steps_per_round < 1:
             raise ConfigError(f"distill.steps_per_round={steps_per_round!r} is invalid: expected a positive integer")
         spec = dict(subsequence or {"name": "trailing"})
@@ -201,9 +201,10 @@ class KnowledgeDistillation(Distillation):
     def __init__(self, net: nn.Module, diffusion, optimizer, lr_scheduler=None, prediction_type: str = "x0",
                  teacher_prediction_type: str = "eps", teacher_steps: int = 50, subsequence: dict | None = None,
                  num_pairs: int = 10000, pairs_seed: int = 0, pairs_batch_size: int = 500, clip_x0: float | None = None,
-                 grad_clip: float | None = None, pairs_path: str | None = None, log_every_n_steps: int = 50):
+                 grad_clip: float | None = None, pairs_path: str | None = None, log_every_n_steps: int = 50,
+                 data_shape=None):
         super().__init__(net, diffusion, optimizer, lr_scheduler, prediction_type, teacher_prediction_type, clip_x0,
-                         grad_clip, log_every_n_steps)
+                         grad_clip, log_every_n_steps, data_shape)
         if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
             raise ConfigError(f"distill.num_pairs={num_pairs!r} is invalid: expected a positive integer")
         spec = dict(subsequence or {"name": "uniform"})

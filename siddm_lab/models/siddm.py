@@ -47,7 +47,7 @@ class SIDDM(DiffusionModule):
     def __init__(self, generator: nn.Module, discriminator, diffusion, objective: GANObjective | None = None,
                  optimizer_g=None, optimizer_d=None, lr_scheduler_g=None, lr_scheduler_d=None, nz: int = 2,
                  z_dist: str = "normal", grad_clip_g: float | None = None, grad_clip_d: float | None = None,
-                 log_every_n_steps: int = 50):
+                 log_every_n_steps: int = 50, data_shape=None):
         if objective is None:
             raise ConfigError("model.objective is missing: choose a GAN model (model=siddm | ddgan | siddm_released "
                               "| siddm_image | ddgan_image), which sets its objective (conf/objective)")
@@ -69,7 +69,7 @@ class SIDDM(DiffusionModule):
             raise ConfigError(f"the generator net takes a latent of size {generator.cond_dim} but model.nz={nz}; "
                               f"set net.cond_dim=${{model.nz}}")
         super().__init__(generator, diffusion, objective, discriminator, optimizer_g, optimizer_d, lr_scheduler_g,
-                         lr_scheduler_d, grad_clip_g, grad_clip_d, log_every_n_steps)
+                         lr_scheduler_d, grad_clip_g, grad_clip_d, log_every_n_steps, data_shape)
         self.nz, self.z_dist = nz, z_dist
 
     # ------------------------------------------------------------------ ensembles
