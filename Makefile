@@ -30,8 +30,11 @@ demo: setup
 	$(PY) -m siddm_lab.collect $(DEMO_DIR) --rows task_name --baseline DDPM-1000 --scatter \
 		--metric modes_covered,hq_ratio,fd_2d,mmd_poly2,sample_seconds,train_seconds
 
+# The fast suite runs in one pytest-xdist worker per CPU (TEST_WORKERS=0: one process), each worker and the
+# runs it starts on one torch thread: workers that each used every core would slow each other down ~10x.
+TEST_WORKERS ?= auto
 test: setup
-	SIDDM_DATA_DIR=$(SHARED_DATA) $(PY) -m pytest -m "not slow" -q
+	OMP_NUM_THREADS=1 SIDDM_DATA_DIR=$(SHARED_DATA) $(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS)
 
 test-slow: setup
 	SIDDM_DATA_DIR=$(SHARED_DATA) $(PY) -m pytest -m slow -q
