@@ -368,3 +368,44 @@ def test_fd_vs_nfe_table_adds_an_earlier_results_csv(tmp_path, monkeypatch):
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 5
     assert (out / "fd_mnist_classifier_vs_nfe.png").stat().st_size > 0
+
+
+def test_equal_nfe_table_labels_each_solver_and_names_the_winner_per_budget(tmp_path, monkeypatch):
+    """experiments/fast_samplers/make_table.py: a job's row is labelled by the sampler its metrics.json records;
+    the summary gives each method's best cell, where it stops improving, and the best method per NFE budget."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "fs_make_table", Path(__file__).parents[1] / "experiments" / "fast_samplers" / "make_table.py")
+    make_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_table)
+    sweep = tmp_path / "sweeps"
+    fds = {("ddim", None, 4): 130.0, ("ddim", None, 8): 40.0, ("ddim", None, 20): 20.0,
+           ("dpm_solver", 2, 4): 60.0, ("dpm_solver", 2, 8): 21.0, ("dpm_solver", 2, 20): 20.5,
+           ("heun", 2, 3): 300.0, ("heun", 2, 7): 50.0, ("heun", 2, 19): 19.0}
+    for i, ((sampler, order, nfe), fd) in enumerate(fds.items()):
+        metrics = {"sampler": sampler, "nfe": nfe, "seed": 0, "fd_mnist_classifier": fd, "eta": 0.0}
+        if order:
+            metrics["order"] = order
+        _job(sweep, str(i), [f"sampler={sampler}", "seed=0"], metrics)
+    _job(sweep, "9", ["sampler=dpm_solver", "seed=1"],
+         {"sampler": "dpm_solver", "order": 2, "nfe": 4, "seed": 1, "fd_mnist_classifier": 64.0})
+    prev = tmp_path / "results.csv"
+    prev.write_text("method,nfe,seed,job,fd_mnist_classifier\nDDIM (teacher),4,0,j,129.8\n"
+                    "progressive distillation,4,0,p,42.0\n")
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["make_table", str(sweep), "--previous", str(prev), "--drop", "DDIM (teacher)",
+                                      "--metrics", "fd_mnist_classifier", "--logy", "--out", str(out)])
+    make_table.main()
+    table = (out / "table.md").read_text()
+    assert "| DPM-Solver++ 2M | — | 62 ± 2.8 | — | 21 | — | 20.5 |" in table  # NFE 3, 4 (seeds 0, 1), 7, ...
+    assert "DDIM (teacher)" not in table
+    assert "| DDIM | 20 | 20 | 20 |" in table  # best 20 at NFE 20; within 5% only from 20
+    assert "| DPM-Solver++ 2M | 20.5 | 20 | 8 |" in table  # 21 is within 5% of 20.5: stops improving at 8
+    assert ("| 4 | **progressive distillation** 42 (4); DPM-Solver++ 2M 62 (4); DDIM 130 (4); "
+            "Heun (EDM, 2 calls/step) 300 (3) |") in table
+    assert "| 20 | **Heun (EDM, 2 calls/step)** 19 (19);" in table
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 11
+    assert (out / "fd_mnist_classifier_vs_nfe.png").stat().st_size > 0
