@@ -394,8 +394,10 @@ def test_equal_nfe_table_labels_each_solver_and_names_the_winner_per_budget(tmp_
     prev = tmp_path / "results.csv"
     prev.write_text("method,nfe,seed,job,fd_mnist_classifier\nDDIM (teacher),4,0,j,129.8\n"
                     "progressive distillation,4,0,p,42.0\n")
+    _job(tmp_path / "gan", "run", [], {"sampler": "generator", "nfe": 4, "seed": 0, "fd_mnist_classifier": 50.0})
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["make_table", str(sweep), "--previous", str(prev), "--drop", "DDIM (teacher)",
+                                      "--label", f"SIDDM-4={tmp_path / 'gan'}",
                                       "--metrics", "fd_mnist_classifier", "--logy", "--out", str(out)])
     make_table.main()
     table = (out / "table.md").read_text()
@@ -403,9 +405,12 @@ def test_equal_nfe_table_labels_each_solver_and_names_the_winner_per_budget(tmp_
     assert "DDIM (teacher)" not in table
     assert "| DDIM | 20 | 20 | 20 |" in table  # best 20 at NFE 20; within 5% only from 20
     assert "| DPM-Solver++ 2M | 20.5 | 20 | 8 |" in table  # 21 is within 5% of 20.5: stops improving at 8
-    assert ("| 4 | **progressive distillation** 42 (4); DPM-Solver++ 2M 62 (4); DDIM 130 (4); "
+    assert ("| 4 | **progressive distillation** 42 (4); SIDDM-4 50 (4); DPM-Solver++ 2M 62 (4); DDIM 130 (4); "
             "Heun (EDM, 2 calls/step) 300 (3) |") in table
     assert "| 20 | **Heun (EDM, 2 calls/step)** 19 (19);" in table
     with open(out / "results.csv") as f:
-        assert len(list(csv.DictReader(f))) == 11
+        assert len(list(csv.DictReader(f))) == 12
     assert (out / "fd_mnist_classifier_vs_nfe.png").stat().st_size > 0
+    monkeypatch.setattr(sys, "argv", ["make_table", "--label", "nofolder", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--label 'nofolder' is invalid: expected NAME=FOLDER"):
+        make_table.main()

@@ -3,15 +3,17 @@ UniPC, DEIS, Heun) beside the distilled students and the diffusion GANs, mean ±
 
     python experiments/fast_samplers/make_table.py runs/fast_samplers/mnist \
         --previous experiments/distill_mnist/results.csv --drop "DDIM (teacher)" \
+        --label SIDDM-4=experiments/siddm_mnist/runs/siddm_seed0 DDGAN-4=experiments/siddm_mnist/runs/ddgan_seed0 \
         --metrics fd_mnist_classifier --logy --out experiments/fast_samplers/mnist
 
 Every ``siddm-sample`` job under the given folders (one or more multiruns) is one row, labelled from what its
 ``metrics.json`` records of the sampler that ran (``sampler``, ``order``, ``solver_type``, ``eta``; a generator
-chain by its model: SIDDM, DDGAN). ``--previous`` adds the rows of earlier tables' results.csv (method, nfe,
-seed, metrics), ``--drop`` leaves methods of those out. Writes results.csv, table.md (the method × NFE table of
-each metric, then, per method, its best cell and the NFE from which it stays within ``--within`` of it, and the
-best method at each NFE budget of ``--budgets``: each method's best cell with at most that many NFE) and
-<metric>_vs_nfe.png.
+chain by its model: SIDDM, DDGAN); ``--label NAME=FOLDER`` labels every job under FOLDER NAME instead (e.g. a
+training run's own final evaluation, whose metrics.json does not name the model). ``--previous`` adds the rows of
+earlier tables' results.csv (method, nfe, seed, metrics), ``--drop`` leaves methods of those out. Writes
+results.csv, table.md (the method × NFE table of each metric, then, per method, its best cell and the NFE from
+which it stays within ``--within`` of it, and the best method at each NFE budget of ``--budgets``: each method's
+best cell with at most that many NFE) and <metric>_vs_nfe.png.
 """
 
 from __future__ import annotations
@@ -59,8 +61,15 @@ def _number(v: str):
     return v
 
 
-def rows_of(folders, previous, drop) -> tuple[list[dict], list[str]]:
+def rows_of(folders, previous, drop, labels=()) -> tuple[list[dict], list[str]]:
     rows, problems = [], []
+    for item in labels:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise SystemExit(f"--label {item!r} is invalid: expected NAME=FOLDER")
+        found, wrong = collect(folder)
+        problems += wrong
+        rows += [{**r, "method": name} for r in found]
     for path in previous:
         with open(path, newline="") as f:
             rows += [{k: _number(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)
@@ -120,6 +129,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="*", help="folders holding siddm-sample jobs (searched recursively)")
     p.add_argument("--previous", nargs="+", default=[], help="results.csv file(s) of earlier tables to include")
+    p.add_argument("--label", nargs="+", default=[], metavar="NAME=FOLDER",
+                   help="jobs under FOLDER labelled NAME (e.g. SIDDM-4=<a training run's folder>)")
     p.add_argument("--drop", nargs="+", default=[], help="methods of --previous to leave out")
     p.add_argument("--metrics", nargs="+", default=["fd_2d", "modes_covered", "hq_ratio"])
     p.add_argument("--budgets", nargs="+", type=int, default=[4, 8, 20])
@@ -130,11 +141,11 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, problems = rows_of(args.folders, args.previous, set(args.drop))
+    rows, problems = rows_of(args.folders, args.previous, set(args.drop), args.label)
     for problem in problems:
         print("warning:", problem)
     if not rows:
-        raise SystemExit(f"no results found in {args.folders + args.previous}")
+        raise SystemExit(f"no results found in {args.folders + args.previous + args.label}")
     keys = ["method", "nfe", "seed", "job", *args.metrics]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
