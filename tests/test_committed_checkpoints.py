@@ -32,5 +32,8 @@ def test_committed_checkpoint_samples_at_its_recorded_nfe(name, tmp_path):
                        *entry["sample"]], tmp_path)
     assert info["nfe"] == entry["nfe"]
     x = np.load(tmp_path / "samples.npz")["samples"]
-    assert x.shape == (4, 1, 32, 32) and x.dtype == np.uint8  # MNIST, padded to 32
+    if "toy" in name:
+        assert x.shape == (4, 2) and np.isfinite(x).all()  # 25-Gaussians points
+    else:
+        assert x.shape == (4, 1, 32, 32) and x.dtype == np.uint8  # MNIST, padded to 32
     assert x.std() > 0  # not a constant image
