@@ -21,13 +21,16 @@ setup: $(STAMP)
 DEMO_DIR ?= runs/demo_comparison
 
 # The comparison: DDPM with 1000 steps vs SIDDM with 4 generator steps on the same 25-Gaussians (CPU, under
-# 10 minutes on 2 cores); then one table (metrics, NFE, sampling and training time, whether SIDDM reaches
+# 10 minutes on 2 cores), beside the committed converged DDPM-1000 (experiments/checkpoints/ddpm_toy_T1000.ckpt,
+# the baseline of the quality verdict); then one table (metrics, NFE, sampling and training time, whether SIDDM reaches
 # DDPM-1000's quality and how much faster it samples) and side-by-side scatter plots.
 demo: setup
 	rm -rf $(DEMO_DIR)
 	$(PY) -m siddm_lab.train experiment=demo task_name=DDPM-1000 hydra.run.dir=$(DEMO_DIR)/ddpm_T1000
 	$(PY) -m siddm_lab.train experiment=demo_siddm task_name=SIDDM-4 hydra.run.dir=$(DEMO_DIR)/siddm_T4
-	$(PY) -m siddm_lab.collect $(DEMO_DIR) --rows task_name --baseline DDPM-1000 --scatter \
+	$(PY) -m siddm_lab.sample ckpt=experiments/checkpoints/ddpm_toy_T1000.ckpt sampler=ddpm num_samples=5000 \
+		batch_size=5000 seed=0 progress=false task_name=DDPM-1000-converged hydra.run.dir=$(DEMO_DIR)/ddpm_T1000_converged
+	$(PY) -m siddm_lab.collect $(DEMO_DIR) --rows task_name --baseline DDPM-1000-converged --scatter \
 		--metric modes_covered,hq_ratio,fd_2d,mmd_poly2,sample_seconds,train_seconds
 
 # The fast suite runs in one pytest-xdist worker per CPU (TEST_WORKERS=0: one process), each worker and the

@@ -405,6 +405,9 @@ def test_equal_nfe_table_labels_each_solver_and_names_the_winner_per_budget(tmp_
     assert "DDIM (teacher)" not in table
     assert "| DDIM | 20 | 20 | 20 |" in table  # best 20 at NFE 20; within 5% only from 20
     assert "| DPM-Solver++ 2M | 20.5 | 20 | 8 |" in table  # 21 is within 5% of 20.5: stops improving at 8
+    assert make_table._near((24.0, 3.0), (20.0, 1.5), 0.05, True)  # 20 % off, but within the seeds' spread
+    assert not make_table._near((24.0, 1.0), (20.0, 1.5), 0.05, True)
+    assert make_table._near((0.96, 0.0), (1.0, 0.0), 0.05, False)  # higher is better: within 5 % below
     assert ("| 4 | **progressive distillation** 42 (4); SIDDM-4 50 (4); DPM-Solver++ 2M 62 (4); DDIM 130 (4); "
             "Heun (EDM, 2 calls/step) 300 (3) |") in table
     assert "| 20 | **Heun (EDM, 2 calls/step)** 19 (19);" in table

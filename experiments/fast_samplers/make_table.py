@@ -12,8 +12,9 @@ chain by its model: SIDDM, DDGAN); ``--label NAME=FOLDER`` labels every job unde
 training run's own final evaluation, whose metrics.json does not name the model). ``--previous`` adds the rows of
 earlier tables' results.csv (method, nfe, seed, metrics), ``--drop`` leaves methods of those out. Writes
 results.csv, table.md (the method × NFE table of each metric, then, per method, its best cell and the NFE from
-which it stays within ``--within`` of it, and the best method at each NFE budget of ``--budgets``: each method's
-best cell with at most that many NFE) and <metric>_vs_nfe.png.
+which it stays within ``--within`` of it or within the seeds' spread (std of the cell + std of the best), and the
+best method at each NFE budget of ``--budgets``: each method's best cell with at most that many NFE) and
+<metric>_vs_nfe.png.
 """
 
 from __future__ import annotations
@@ -94,17 +95,20 @@ def summary(rows: list[dict], metric: str, budgets: list[int], within: float) ->
     for r in rows:
         if metric in r and isinstance(r[metric], (int, float)) and math.isfinite(float(r[metric])):
             cells[(r["method"], int(r["nfe"]))].append(float(r[metric]))
-    means = defaultdict(dict)
+    means = defaultdict(dict)  # method -> nfe -> (mean, sample std over seeds: 0 for one seed)
     for (method, nfe), vals in cells.items():
-        means[method][nfe] = (_mean(vals), len(vals))
+        m = _mean(vals)
+        sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        means[method][nfe] = (m, sd)
     lines = [f"#### {metric}: where each method stops improving", "",
-             f"| method | best | at NFE | within {within:.0%} of its best from NFE |", "|---|---|---|---|"]
+             f"| method | best | at NFE | within {within:.0%} or the seeds' spread of its best from NFE |",
+             "|---|---|---|---|"]
     for method in sorted(means):
         by_nfe = means[method]
         best_nfe = better(by_nfe, key=lambda n: by_nfe[n][0])
-        best = by_nfe[best_nfe][0]
-        close = [n for n in sorted(by_nfe) if all(_near(by_nfe[m][0], best, within, lower)
+        close = [n for n in sorted(by_nfe) if all(_near(by_nfe[m], by_nfe[best_nfe], within, lower)
                                                   for m in by_nfe if m >= n)]
+        best = by_nfe[best_nfe][0]
         lines.append(f"| {method} | {best:.4g} | {best_nfe} | {close[0] if close else '-'} |")
     lines += ["", f"#### {metric}: the best method at each NFE budget (its best cell with NFE <= budget)", "",
               "| budget | ranking (mean over seeds, NFE used) |", "|---|---|"]
@@ -121,8 +125,12 @@ def summary(rows: list[dict], metric: str, budgets: list[int], within: float) ->
     return "\n".join(lines) + "\n"
 
 
-def _near(v: float, best: float, within: float, lower: bool) -> bool:
-    return v <= best * (1 + within) if lower else v >= best * (1 - within)
+def _near(cell: tuple, best: tuple, within: float, lower: bool) -> bool:
+    """A cell (mean, std) no longer distinguishable from the best: within ``within`` (relative) of it, or closer
+    than the two cells' seed spreads together."""
+    (v, sd), (b, sd_b) = cell, best
+    relative = v <= b * (1 + within) if lower else v >= b * (1 - within)
+    return relative or abs(v - b) <= sd + sd_b
 
 
 def main() -> None:
