@@ -145,6 +145,8 @@ def main() -> None:
     p.add_argument("--within", type=float, default=0.05, help="relative distance to a method's best that counts "
                    "as no longer improving (default 0.05)")
     p.add_argument("--logy", action="store_true", help="log scale for the metric axis")
+    p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="the metric axis of the first metric's plot (cells outside stay in the table)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = Path(args.out)
@@ -160,11 +162,12 @@ def main() -> None:
         w.writeheader()
         w.writerows(sorted(rows, key=lambda r: (r["method"], float(r["nfe"]), str(r.get("seed")))))
     text = []
-    for metric in args.metrics:
+    for i, metric in enumerate(args.metrics):
         text.append(f"### {metric} (mean ± std over seeds)\n\n" + pivot(rows, "method", "nfe", metric) + "\n"
                     + summary(rows, metric, args.budgets, args.within))
         plot_vs_nfe(rows, metric, "method", out / f"{metric}_vs_nfe.png", title=f"{metric} against NFE",
-                    log_y=args.logy and LOWER_IS_BETTER.get(metric, True))
+                    log_y=args.logy and LOWER_IS_BETTER.get(metric, True),
+                    ylim=tuple(args.ylim) if args.ylim and i == 0 else None)
     (out / "table.md").write_text("\n".join(text))
     print((out / "table.md").read_text())
 

@@ -69,9 +69,10 @@ def check_log_axis(rows: list[dict], metric: str) -> None:
 
 
 def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, title: str = "",
-                log_y: bool = False) -> Path | None:
+                log_y: bool = False, ylim: tuple[float, float] | None = None) -> Path | None:
     """``metric`` against NFE (log x), one line per ``group`` value; ``log_y`` puts the metric on a log axis too
-    (rows that span decades, e.g. DDIM's σ̂ row beside the others); it needs every value > 0."""
+    (rows that span decades, e.g. DDIM's σ̂ row beside the others); it needs every value > 0. ``ylim`` fixes
+    the metric axis (cells outside it, e.g. a diverged sampler's, leave the plot and stay in the table)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,6 +102,8 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
     ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel("NFE (network evaluations)")
     ax.set_ylabel(metric)
     if title:
