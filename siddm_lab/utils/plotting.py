@@ -99,7 +99,7 @@ def side_by_side_images(panels: list[tuple[str, np.ndarray]], path, max_images: 
         ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # square image axes: tight_layout alone cuts two-line titles
     plt.close(fig)
     return Path(path)
 
