@@ -21,6 +21,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sample_ddim import _sync, time_net  # noqa: E402  (the bare-network timing of the DDIM bench)
 
 from siddm_lab.diffusion import (  # noqa: E402
     DDIMSampler,
@@ -35,11 +38,6 @@ from siddm_lab.models.loading import load_model  # noqa: E402
 from siddm_lab.nets import TimeMLP  # noqa: E402
 
 CKPT = ROOT / "experiments" / "checkpoints" / "ddpm_mnist_cpu_step12500.ckpt"
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build(case: str, device):
@@ -72,18 +70,6 @@ def time_sampler(model, sampler, shape, batch, device) -> float:
     _sync(device)
     t0 = time.perf_counter()
     sampler.sample(denoiser, x_T, rng=torch.Generator(device=device).manual_seed(0))
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-@torch.no_grad()
-def time_net(model, nfe, shape, batch, device) -> float:
-    x = torch.randn((batch, *shape), device=device)
-    tt = torch.full((batch,), 500, device=device, dtype=torch.long)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(nfe):
-        model.net(x, tt)
     _sync(device)
     return time.perf_counter() - t0
 
