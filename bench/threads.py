@@ -102,7 +102,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / "threads.json").write_text(json.dumps(r, indent=2) + "\n")
     lines = ["# Two jobs side by side on the same cores (MNIST recipe's generator, forward + backward)", "",
-             f"`python bench/threads.py`: {cores} cores, {args.steps} steps per job, median over {args.repeats} "
+             f"`python bench/threads.py --steps {args.steps} --repeats {args.repeats}`: {cores} cores, {args.steps} steps per job, median over {args.repeats} "
              "interleaved rounds (pairs: both jobs of every round).", "",
              "| case | jobs | threads per job | s/step median | min | max |", "|---|---|---|---|---|---|"]
     for k, (n, threads, env) in cases.items():
