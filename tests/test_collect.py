@@ -418,3 +418,23 @@ def test_equal_nfe_table_labels_each_solver_and_names_the_winner_per_budget(tmp_
     monkeypatch.setattr(sys, "argv", ["make_table", "--label", "nofolder", "--out", str(out)])
     with pytest.raises(SystemExit, match="--label 'nofolder' is invalid: expected NAME=FOLDER"):
         make_table.main()
+
+
+def test_results_csv_round_trip_keeps_numbers_and_drops_methods(tmp_path):
+    """write_results_csv / read_results_csv: an earlier table's rows come back with ints, floats and text as written,
+    empty cells left out, dropped methods skipped; a missing file is a DataError naming it."""
+    from siddm_lab.errors import DataError
+    from siddm_lab.results.jobs import read_results_csv, write_results_csv
+
+    rows = [{"method": "DDIM", "nfe": 4, "seed": 0, "fd": 127.5, "extra": "left out"},
+            {"method": "SIDDM-4", "nfe": 4, "fd": 73.4},
+            {"method": "label 1e3", "nfe": 8, "seed": "0,1", "fd": 1e-05}]
+    path = tmp_path / "results.csv"
+    write_results_csv(path, rows, ["method", "nfe", "seed", "fd"])
+    back = read_results_csv(path)
+    assert back == [{"method": "DDIM", "nfe": 4, "seed": 0, "fd": 127.5}, {"method": "SIDDM-4", "nfe": 4, "fd": 73.4},
+                    {"method": "label 1e3", "nfe": 8, "seed": "0,1", "fd": 1e-05}]
+    assert isinstance(back[0]["nfe"], int) and isinstance(back[0]["fd"], float)
+    assert [r["method"] for r in read_results_csv(path, drop=["DDIM"])] == ["SIDDM-4", "label 1e3"]
+    with pytest.raises(DataError, match="nothere.csv"):
+        read_results_csv(tmp_path / "nothere.csv")

@@ -18,10 +18,9 @@ table.md (one table per metric) and <metric>_vs_nfe.png.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-from siddm_lab.results.jobs import collect, read_history
+from siddm_lab.results.jobs import collect, read_history, read_results_csv, write_results_csv
 from siddm_lab.results.plots import plot_vs_nfe
 from siddm_lab.results.tables import pivot
 
@@ -31,8 +30,7 @@ METRICS = ("fd_2d", "modes_covered", "hq_ratio", "mmd_poly2")
 def rows_of(args) -> list[dict]:
     rows: list[dict] = []
     for path in args.previous:
-        with open(path, newline="") as f:
-            rows += [{k: _number(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+        rows += read_results_csv(path)
     for sweep in args.ddim:
         rows += [{**r, "method": "DDIM (teacher)"} for r in collect(sweep)[0]]
     for sweep in args.pd:
@@ -48,16 +46,6 @@ def rows_of(args) -> list[dict]:
     return [r for r in rows if "nfe" in r]
 
 
-def _number(v: str):
-    try:
-        return int(v)
-    except ValueError:
-        try:
-            return float(v)
-        except ValueError:
-            return v
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("ddim", "pd", "kd", "siddm", "ddgan"):
@@ -70,10 +58,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = rows_of(args)
     keys = ["method", "nfe", "seed", "job", *args.metrics]
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["method"], -float(r["nfe"]))))
+    write_results_csv(out / "results.csv", sorted(rows, key=lambda r: (r["method"], -float(r["nfe"]))), keys)
     text = []
     for metric in args.metrics:
         text.append(f"### {metric}\n\n" + pivot(rows, "method", "nfe", metric))

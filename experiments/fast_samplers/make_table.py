@@ -20,12 +20,11 @@ best method at each NFE budget of ``--budgets``: each method's best cell with at
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from siddm_lab.results.jobs import collect
+from siddm_lab.results.jobs import collect, read_results_csv, write_results_csv
 from siddm_lab.results.plots import plot_vs_nfe
 from siddm_lab.results.tables import pivot
 
@@ -53,15 +52,6 @@ def method_of(row: dict) -> str:
     return name
 
 
-def _number(v: str):
-    for kind in (int, float):
-        try:
-            return kind(v)
-        except ValueError:
-            pass
-    return v
-
-
 def rows_of(folders, previous, drop, labels=()) -> tuple[list[dict], list[str]]:
     rows, problems = [], []
     for item in labels:
@@ -72,9 +62,7 @@ def rows_of(folders, previous, drop, labels=()) -> tuple[list[dict], list[str]]:
         problems += wrong
         rows += [{**r, "method": name} for r in found]
     for path in previous:
-        with open(path, newline="") as f:
-            rows += [{k: _number(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)
-                     if r.get("method") not in drop]
+        rows += read_results_csv(path, drop)
     for folder in folders:
         found, wrong = collect(folder)
         problems += wrong
@@ -157,10 +145,8 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no results found in {args.folders + args.previous + args.label}")
     keys = ["method", "nfe", "seed", "job", *args.metrics]
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["method"], float(r["nfe"]), str(r.get("seed")))))
+    write_results_csv(out / "results.csv", sorted(rows, key=lambda r: (r["method"], float(r["nfe"]), str(r.get("seed")))),
+                      keys)
     text = []
     for i, metric in enumerate(args.metrics):
         text.append(f"### {metric} (mean ± std over seeds)\n\n" + pivot(rows, "method", "nfe", metric) + "\n"

@@ -15,12 +15,11 @@ samples_seed0.png (each noise's 1000-step samples).
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import yaml
 
-from siddm_lab.results.jobs import collect
+from siddm_lab.results.jobs import collect, write_results_csv
 from siddm_lab.results.plots import plot_vs_nfe
 from siddm_lab.results.tables import pivot
 
@@ -86,10 +85,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = rows_of(args)
     keys = ["noise", "sampler_nfe", "seed", "job", "nfe", *METRICS]
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["noise"], r["sampler_nfe"], str(r.get("seed")))))
+    write_results_csv(out / "results.csv", sorted(rows, key=lambda r: (r["noise"], r["sampler_nfe"], str(r.get("seed")))),
+                      keys)
     text = []
     for metric in METRICS:
         text.append(f"### {metric}\n\n" + pivot(rows, "noise", "sampler_nfe", metric))

@@ -5,6 +5,7 @@ table needs as a number that is not one) are reported by path, never silently dr
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -132,3 +133,32 @@ def read_history(folder: Path) -> list[dict]:
         if isinstance(row, dict) and "iteration" in row:
             out.append(row)
     return out
+
+
+def _cell(v: str):
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
+
+
+def read_results_csv(path, drop=()) -> list[dict]:
+    """The rows of a results table written earlier (``results.csv`` of ``siddm-collect`` or of an experiment's
+    ``make_table.py``), to set beside new jobs whose run folders are gone: cells as int, float or text, empty cells
+    left out, rows whose ``method`` is in ``drop`` skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such results file (expected a results.csv written by siddm-collect or make_table)")
+    with open(path, newline="") as f:
+        return [{k: _cell(v) for k, v in r.items() if k is not None and v not in ("", None)}
+                for r in csv.DictReader(f) if r.get("method") not in set(drop)]
+
+
+def write_results_csv(path, rows: list[dict], keys: list[str]) -> None:
+    """``rows`` as a CSV with the columns ``keys`` (other keys of a row are left out, missing ones empty)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
