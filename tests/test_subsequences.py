@@ -181,7 +181,8 @@ def test_make_timesteps_dispatch():
     assert ss.make_timesteps("full", T) == list(range(T - 1, -1, -1))
     for name in ("uniform", "leading", "linspace", "trailing", "quadratic"):
         assert ss.make_timesteps(name, T, 10) == getattr(ss, name)(T, 10)
-    kwargs = {"explicit": {"timesteps": [1, 2]}}
+    kwargs = {"explicit": {"timesteps": [1, 2]},
+              "karras": {"alphas_cumprod": GaussianDiffusion.from_schedule("linear", T).alphas_cumprod}}
     for name in ss.SUBSEQUENCES:  # every advertised name is handled
         seq = ss.make_timesteps(name, T, 20, **kwargs.get(name, {}))
         assert validate_timesteps(seq, T) == seq
@@ -217,3 +218,68 @@ def test_make_timesteps_unknown_name():
 def test_make_timesteps_bad_steps(name, S):
     with pytest.raises(ConfigError, match="sampler.steps"):
         ss.make_timesteps(name, T, S)
+
+
+# ----------------------------------------------------------------------------- karras (EDM's σ spacing)
+def _hf_karras(d: GaussianDiffusion, S: int) -> np.ndarray:
+    from diffusers import EulerDiscreteScheduler
+
+    s = EulerDiscreteScheduler(num_train_timesteps=d.num_timesteps, trained_betas=d.betas.float().tolist(),
+                               use_karras_sigmas=True)
+    s.set_timesteps(S)
+    return s.timesteps.double().numpy()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("S", [2, 4, 10, 18, 50])
+def test_karras_is_diffusers_karras_sigmas_at_the_nearest_integer_timestep(schedule, S):
+    """diffusers' use_karras_sigmas gives the EDM levels as fractional timesteps (interpolated in log σ); ours are
+    those rounded, i.e. the timestep of nearest log σ (a level half-way between two timesteps may go either way)."""
+    d = GaussianDiffusion.from_schedule(schedule, T)
+    ours = np.array(ss.karras(d.alphas_cumprod, S))
+    hf = _hf_karras(d, S)
+    assert len(ours) == S and ours[0] == T - 1 and ours[-1] == 0 and np.all(np.diff(ours) <= 0)
+    off = ours != np.round(hf)
+    assert np.all(np.abs(ours - hf) <= 0.5 + 1e-3) and np.all(np.abs(np.abs(ours - hf)[off] - 0.5) < 1e-2)
+
+
+def test_karras_closed_form_and_rho():
+    """S = 3 on a process with σ_t = e^(t-2) ... : the middle level is ((σ_max^(1/ρ) + σ_min^(1/ρ)) / 2)^ρ."""
+    sigma = np.exp(np.linspace(-3.0, 3.0, 61))  # σ_t, t = 0..60, log σ in steps of 0.1
+    ab = 1 / (1 + sigma ** 2)
+    for rho in (1.0, 3.0, 7.0):
+        mid = ((sigma[-1] ** (1 / rho) + sigma[0] ** (1 / rho)) / 2) ** rho
+        expected = int(np.argmin(np.abs(np.log(sigma) - np.log(mid))))
+        assert ss.karras(ab, 3, rho) == [60, expected, 0]
+    # ρ = 1 is uniform in σ, so the middle level sits near the top in log σ; larger ρ moves it down
+    assert ss.karras(ab, 3, 1.0)[1] > ss.karras(ab, 3, 7.0)[1] > ss.karras(ab, 3, 100.0)[1]
+    assert ss.karras(ab, 1) == [60]  # one step from noise
+
+
+def test_karras_refusals():
+    d = GaussianDiffusion.from_schedule("linear", T)
+    with pytest.raises(ConfigError, match="needs a discrete-time Gaussian process"):
+        ss.karras(None, 4)
+    with pytest.raises(ConfigError, match=r"subsequence.rho=0 is invalid: expected a positive number"):
+        ss.karras(d.alphas_cumprod, 4, rho=0)
+    with pytest.raises(ConfigError, match=r"sampler.steps=0 is invalid for subsequence 'karras'"):
+        ss.karras(d.alphas_cumprod, 0)
+    zsnr = d.alphas_cumprod.clone()
+    zsnr[-1] = 0
+    with pytest.raises(ConfigError, match="zero terminal SNR"):
+        ss.karras(zsnr, 4)
+    with pytest.raises(ConfigError, match="needs a discrete-time Gaussian process"):
+        ss.plan(T, 4, {"name": "karras"})  # a plan without the process's ᾱ
+
+
+def test_karras_plan_runs_in_ddim_and_removes_repeats(caplog):
+    """The samplers pass their process's ᾱ: DDIM runs the Karras plan; on cosine (σ_max ≈ 2·10⁴) the levels near
+    σ_max fall on the same timesteps, which are removed with a warning (NFE below S)."""
+    d = GaussianDiffusion.from_schedule("linear", T)
+    s = DDIMSampler(d, 0.0, steps=10, subsequence={"name": "karras", "rho": 7.0})
+    assert s.timesteps == ss.karras(d.alphas_cumprod, 10) and s.subsequence == "karras" and s.nfe == 10
+    cosine = GaussianDiffusion.from_schedule("cosine", T)
+    with caplog.at_level(logging.WARNING):
+        c = DDIMSampler(cosine, 0.0, steps=10, subsequence={"name": "karras"})
+    assert c.timesteps == sorted(set(ss.karras(cosine.alphas_cumprod, 10)), reverse=True) and c.nfe < 10
+    assert "repeats timesteps" in caplog.text

@@ -46,7 +46,7 @@ def method_of(row: dict) -> str:
     if name == "deis":
         return f"DEIS {order}M"
     if name == "heun":
-        return "Heun (EDM, 2 calls/step)"
+        return "Heun, Karras σ (EDM)" if row.get("subsequence") == "karras" else "Heun (EDM, 2 calls/step)"
     if name == "generator":
         return str(row.get("model", "generator"))
     return name

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The equal-NFE sweeps of one DDPM checkpoint: DDIM (eta 0), DPM-Solver++ 2M and 3M, UniPC-2 (bh2) and DEIS 2M at
 # every NFE of $NFE, and Heun (2 calls per step) at the most steps whose NFE 2S-1 fits each of them (NFE 1, 3, 5,
-# ...); then, for reference, DDIM and DPM-Solver++ 2M at $REF. Every solver on the same plan kind: diffusers'
-# "trailing" spacing (DDIM: subsequence=trailing, the same timesteps), which starts at t = T-1 for every step count.
+# ...), on the trailing plan and on EDM's Karras noise levels; then, for reference, DDIM and DPM-Solver++ 2M at
+# $REF. Every solver but Heun-Karras on the same plan kind: diffusers' "trailing" spacing (DDIM:
+# subsequence=trailing, the same timesteps), which starts at t = T-1 for every step count (so does Karras).
 #
 #   experiments/fast_samplers/run.sh <ckpt> <out folder> [siddm-sample overrides ...]
 #   e.g. experiments/fast_samplers/run.sh experiments/checkpoints/ddpm_mnist_cpu_step12500.ckpt \
@@ -34,6 +35,9 @@ sweep dpm_solver_$TAG sampler=dpm_solver sampler.order=2,3 $SPACING sampler.step
 sweep unipc_$TAG sampler=unipc $SPACING sampler.steps="$NFE" seed="$SEEDS" "$@"
 sweep deis_$TAG sampler=deis $SPACING sampler.steps="$NFE" seed="$SEEDS" "$@"
 sweep heun_$TAG sampler=heun $SPACING sampler.steps="$HEUN" seed="$SEEDS" "$@"
+# Heun on EDM's own noise levels (Karras et al.'s rho = 7 spacing of sigma, at the nearest integer timesteps)
+sweep heun_karras_$TAG sampler=heun sampler.timestep_spacing=null subsequence=karras sampler.steps="$HEUN" \
+  seed="$SEEDS" "$@"
 if [ -n "$REF" ]; then
   sweep ddim_ref sampler=ddim subsequence=trailing sampler.eta=0.0 sampler.steps="$REF" seed=0 "$@"
   sweep dpm_solver_ref sampler=dpm_solver sampler.order=2 $SPACING sampler.steps="$REF" seed=0 "$@"

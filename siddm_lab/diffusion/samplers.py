@@ -232,7 +232,8 @@ class StepSampler(Sampler):
         super().__init__(diffusion)
         self.clip_x0 = clip_x0
         self.steps = steps
-        self.subsequence, self.timesteps = _subsequences.plan(diffusion.num_timesteps, steps, subsequence)
+        self.subsequence, self.timesteps = _subsequences.plan(diffusion.num_timesteps, steps, subsequence,
+                                                              getattr(diffusion, "alphas_cumprod", None))
 
     @property
     def nfe(self) -> int:

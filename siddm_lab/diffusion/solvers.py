@@ -37,8 +37,10 @@ builds the scheduler from the model's process, runs diffusers' loop and records 
   round(t) with the interpolated σ would mismatch the noise level the model assumes, and interpolating model
   outputs would cost calls; so Heun's plan is rounded to integers (round(linspace(0, T-1, S)), our
   ``subsequence=linspace``) and given to diffusers as custom timesteps, whose σ are then exactly those of the
-  integer timesteps the model is called at (``timesteps_rounded: true`` in the settings). Karras / exponential
-  sigmas (fractional timesteps by construction) are not offered.
+  integer timesteps the model is called at (``timesteps_rounded: true`` in the settings). diffusers' Karras /
+  exponential sigmas (fractional timesteps by construction) are not used; EDM's Karras spacing is
+  ``timestep_spacing=null subsequence=karras``: the same σ levels, each taken to the integer timestep of nearest
+  log σ (``subsequences.karras``), so the model is called at the noise level it was trained at.
 * **Heun's start.** Heun steps in the variance-exploding variable x / sqrt(ᾱ_t) and scales the model input
   back by 1/sqrt(1 + σ_t²). Our x_T is the state at the plan's first timestep t_0 (as for every sampler here), so
   Heun starts from x_T · sqrt(1 + σ_{t_0}²), the state whose model input is exactly x_T. diffusers' pipelines
@@ -148,7 +150,7 @@ class DiffusersSolver(Sampler):
                 raise ConfigError(f"sampler.timestep_spacing=null (the plan of the subsequence group) is not available "
                                   f"for sampler={self.name}: diffusers' {self.scheduler_class} takes no custom "
                                   f"timesteps; expected one of {', '.join(TIMESTEP_SPACINGS)}")
-            self.subsequence, custom = _subsequences.plan(T, steps, subsequence)
+            self.subsequence, custom = _subsequences.plan(T, steps, subsequence, diffusion.alphas_cumprod)
             if len(set(custom)) != len(custom):
                 raise ConfigError(f"sampler={self.name} needs distinct timesteps (a repeated timestep is a step of "
                                   f"size 0 for an ODE solver), got {_shown(custom)}: set "

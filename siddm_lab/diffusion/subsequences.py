@@ -18,10 +18,12 @@ from siddm_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SUBSEQUENCES = ("full", "uniform", "leading", "linspace", "trailing", "quadratic", "exponential", "last_k",
+SUBSEQUENCES = ("full", "uniform", "leading", "linspace", "trailing", "quadratic", "karras", "exponential", "last_k",
                 "first_k_last_k", "explicit")
 # Spacings take S (sampler.steps); the others fix their own length.
-SPACINGS = ("uniform", "leading", "linspace", "trailing", "quadratic")
+SPACINGS = ("uniform", "leading", "linspace", "trailing", "quadratic", "karras")
+# Spacings whose first timestep is T-1 at every S (S = 1 is one step from noise, not the step t = 0).
+FROM_NOISE = ("trailing", "karras")
 
 
 def _check_S(T: int, S, name: str) -> int:
@@ -75,6 +77,35 @@ def quadratic(T: int, S: int) -> list[int]:
     return [int(v) for v in np.linspace(0, math.sqrt(T * 0.8), S) ** 2][::-1]
 
 
+def karras(alphas_cumprod, S: int, rho: float = 7.0) -> list[int]:
+    """EDM's noise-level spacing (Karras et al. 2022, eq. 5) on a discrete process: S levels
+    σ_i = (σ_max^(1/ρ) + i/(S-1) · (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, i = 0..S-1, from σ_max = σ_(T-1) down to
+    σ_min = σ_0 of the process (σ_t = sqrt((1 − ᾱ_t)/ᾱ_t)), each taken to the timestep of nearest log σ (the model
+    takes integer timesteps; diffusers' ``use_karras_sigmas`` interpolates fractional timesteps in log σ, whose
+    rounding is this). S = 1 is the single step from T-1. ρ = 7 is EDM's; larger ρ packs the steps closer to σ_min.
+    """
+    if alphas_cumprod is None:
+        raise ConfigError("subsequence 'karras' spaces the process's noise levels σ_t and needs a discrete-time "
+                          "Gaussian process (ᾱ_t); this model has none: use another subsequence")
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho < math.inf:
+        raise ConfigError(f"subsequence.rho={rho!r} is invalid: expected a positive number (EDM's ρ, 7)")
+    if hasattr(alphas_cumprod, "detach"):  # a torch tensor, on any device
+        alphas_cumprod = alphas_cumprod.detach().cpu().double().numpy()
+    ab = np.asarray(alphas_cumprod, dtype=np.float64)
+    T = len(ab)
+    S = _check_S(T, S, "karras")
+    if not ab[-1] > 0:
+        raise ConfigError("subsequence 'karras' needs a finite σ_max, and this process has zero terminal SNR "
+                          "(ᾱ_(T-1) = 0, σ = inf): use subsequence=trailing")
+    log_sigma = 0.5 * (np.log1p(-ab) - np.log(ab))
+    if S == 1:
+        return [T - 1]
+    lo, hi = math.exp(log_sigma[0]) ** (1 / rho), math.exp(log_sigma[-1]) ** (1 / rho)
+    levels = (hi + np.linspace(0, 1, S) * (lo - hi)) ** rho
+    # σ_t increases with t: the nearest timestep in log σ of each level
+    return [int(np.argmin(np.abs(log_sigma - math.log(s)))) for s in levels]
+
+
 def exponential(T: int) -> list[int]:
     """Seed report's "Exp": 0, 1, 2, 4, ..., 2^k < T-1, then T-1 (12 steps for T=1000)."""
     seq = [0]
@@ -116,8 +147,10 @@ def explicit(T: int, timesteps: Sequence[int]) -> list[int]:
 
 
 def make_timesteps(name: str, T: int, S: int | None = None, *, k: int = 100, offset: int = 0,
-                   timesteps: Sequence[int] | None = None, keep_duplicates: bool = False) -> list[int]:
-    """The decreasing timestep sequence of a named sub-sequence (the ``subsequence`` config group).
+                   timesteps: Sequence[int] | None = None, keep_duplicates: bool = False, rho: float = 7.0,
+                   alphas_cumprod=None) -> list[int]:
+    """The decreasing timestep sequence of a named sub-sequence (the ``subsequence`` config group);
+    ``alphas_cumprod`` (the process's ᾱ, T values) is what ``karras`` spaces.
 
     Repeated timesteps (quadratic spacing with large S) are removed with a warning, unless
     ``keep_duplicates`` asks for the reference code's behaviour (a repeat is a no-op step that
@@ -135,6 +168,10 @@ def make_timesteps(name: str, T: int, S: int | None = None, *, k: int = 100, off
         seq = trailing(T, S)
     elif name == "quadratic":
         seq = quadratic(T, S)
+    elif name == "karras":
+        if alphas_cumprod is not None and len(alphas_cumprod) != T:
+            raise ValueError(f"alphas_cumprod has {len(alphas_cumprod)} values for T={T}")
+        seq = karras(alphas_cumprod, S, rho)
     elif name == "exponential":
         seq = exponential(T)
     elif name == "last_k":
@@ -156,9 +193,10 @@ def make_timesteps(name: str, T: int, S: int | None = None, *, k: int = 100, off
     return seq
 
 
-def plan(T: int, steps: int | None, spec=None) -> tuple[str, list[int]]:
+def plan(T: int, steps: int | None, spec=None, alphas_cumprod=None) -> tuple[str, list[int]]:
     """(name, timesteps) of a sampler's plan: S = ``steps`` timesteps of the sub-sequence ``spec``
-    (a ``make_timesteps`` spec: ``{"name": ..., <its options>}``; default uniform).
+    (a ``make_timesteps`` spec: ``{"name": ..., <its options>}``; default uniform), on the process whose ᾱ is
+    ``alphas_cumprod`` (needed by ``karras`` only).
 
     ``steps`` null runs a spacing over every timestep (reported as ``full``: that is what runs) and a
     fixed sequence (exponential, last_k, first_k_last_k, explicit) at its own length; a fixed sequence
@@ -180,12 +218,12 @@ def plan(T: int, steps: int | None, spec=None) -> tuple[str, list[int]]:
         if steps != n:
             raise ConfigError(f"subsequence '{name}' has its own length ({n} timesteps for T={T}) and takes no "
                               f"sampler.steps (got {steps}); set sampler.steps=null")
-    if steps == 1 and name in SPACINGS and name != "trailing":
+    if steps == 1 and name in SPACINGS and name not in FROM_NOISE:
         raise ConfigError(f"sampler.steps=1 with subsequence '{name}' is the single step t=0, which skips the "
                           f"whole reverse process; a one-step sampler starts at T-1: subsequence=trailing")
     if name == "full":
         spec = {k: v for k, v in spec.items() if k == "keep_duplicates"}
-    seq = make_timesteps(name, T, steps, **spec)
+    seq = make_timesteps(name, T, steps, **spec, alphas_cumprod=alphas_cumprod)
     if name == "uniform" and len(seq) != steps:
         exact = [n for n in ("leading", "linspace", "trailing") if len(make_timesteps(n, T, steps)) == steps]
         log.warning("subsequence 'uniform' with sampler.steps=%d runs %d steps on T=%d (range(0, T, T//S) with "
