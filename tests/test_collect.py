@@ -438,3 +438,20 @@ def test_results_csv_round_trip_keeps_numbers_and_drops_methods(tmp_path):
     assert [r["method"] for r in read_results_csv(path, drop=["DDIM"])] == ["SIDDM-4", "label 1e3"]
     with pytest.raises(DataError, match="nothere.csv"):
         read_results_csv(tmp_path / "nothere.csv")
+
+
+def test_rows_by_a_config_key_no_command_line_set(tmp_path, capsys):
+    """Run folders copied from single runs (no multirun overrides): --rows task_name reads each job's saved
+    config.yaml; a key whose saved value is unresolved or absent is no row key, and the error says so."""
+    for name, task, seed, fd in (("a_seed0", "siddm", 0, 70.0), ("a_seed1", "siddm", 1, 80.0),
+                                 ("b_seed0", "ddgan", 0, 90.0)):
+        job = tmp_path / name
+        job.mkdir()
+        (job / "config.yaml").write_text(f"task_name: {task}\nseed: {seed}\nmodel:\n  ema: 0.999\n  lr: ${{x}}\n")
+        (job / "metrics.json").write_text(json.dumps({"nfe": 4, "fd": fd, "seed": seed}))
+    assert main([str(tmp_path), "--rows", "task_name", "--metric", "fd", "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| siddm | 4 | 75 ± 7.1 |" in table and "| ddgan | 4 | 90 |" in table
+    with pytest.raises(SystemExit, match="--rows model.lr: no job has this config key"):
+        main([str(tmp_path), "--rows", "model.lr", "--metric", "fd", "--out", str(tmp_path / "out2")])
+    assert not (tmp_path / "out2").exists()

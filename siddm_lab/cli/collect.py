@@ -28,7 +28,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep_dir")
     ap.add_argument("--rows", help="config key for table rows (e.g. sampler.eta; a comma list of keys: one row per "
-                    "combination, e.g. invert.method,sampler.steps)")
+                    "combination, e.g. invert.method,sampler.steps); a key no command line set is read from "
+                    "each job's saved config.yaml (e.g. task_name)")
     ap.add_argument("--cols", help="config key for table columns (e.g. sampler.steps); without it one line per row")
     ap.add_argument("--metric", default=None, help="metric in the table and the plot (default fd_2d); with --rows "
                     "and no --cols a comma-separated list gives one column per metric")

@@ -25,6 +25,34 @@ def _overrides(job: Path) -> dict:
     return out
 
 
+def saved_config_value(job: Path, key: str):
+    """The value of a dotted config ``key`` that the job ran with, from its saved resolved config (``config.yaml``,
+    else Hydra's ``.hydra/config.yaml``); None where the key is absent, not a single value, or unresolved."""
+    for path in (Path(job) / "config.yaml", Path(job) / ".hydra" / "config.yaml"):
+        if not path.is_file():
+            continue
+        try:
+            node = yaml.safe_load(path.read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, (dict, list)) and "${" not in str(node):
+            return node
+    return None
+
+
+def add_config_keys(rows: list[dict], sweep_dir, keys) -> None:
+    """Give each row the config ``keys`` it lacks (keys not overridden on the command line: a run's
+    ``task_name``, a recipe's ``model.ema_decay``) from its job's saved config (``saved_config_value``)."""
+    for row in rows:
+        for key in keys:
+            if key not in row:
+                value = saved_config_value(Path(sweep_dir) / row["run"], key)
+                if value is not None:
+                    row[key] = value
+
+
 def _job_of(folder: Path, root: Path) -> Path:
     """The job folder a result folder belongs to: itself, or the nearest folder above it (inside the sweep)
     holding Hydra's ``.hydra/`` (an ensemble writes one ``seed_<s>/`` folder per member)."""

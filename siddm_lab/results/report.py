@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siddm_lab.errors import ConfigError, DataError
-from siddm_lab.results.jobs import collect
+from siddm_lab.results.jobs import add_config_keys, collect
 from siddm_lab.results.plots import check_log_axis, plot_bars, plot_curves, plot_scatter, plot_vs_nfe
 from siddm_lab.results.tables import baseline_comparison, listing, load_paper, pivot
 
@@ -49,6 +49,8 @@ def write_report(sweep_dir, out=None, *, row_key: str | None = None, col_key: st
     if not rows:
         raise DataError(f"no job with a usable metrics.json under {given}"
                         + (" (see the warnings above)" if problems else ""))
+    # a row key that no command line set (a single run's task_name) comes from the jobs' saved configs
+    add_config_keys(rows, sweep_dir, [p for k in (row_key, col_key, group) for p in (k or "").split(",") if p])
     keys = list(dict.fromkeys(k for r in rows for k in r))
     csv_rows = [dict(r) for r in rows]  # as collected (before combined keys are added)
     for flag, key in (("--rows", row_key), ("--cols", col_key), ("--group", group)):
