@@ -15,7 +15,9 @@ Cases:
 Every figure is a median over ``--repeats`` (>= 5) interleaved runs with min and max, at ``--threads``
 torch threads (1 by default: the calibration runs use one core each).
 
-    python bench/train_siddm.py --case toy|mnist|cifar10|options|all [--repeats 5]
+    python bench/train_siddm.py --case toy|mnist|cifar10|options|all [--repeats 5] [--batch N]
+
+Measuring one image case keeps the other case's row of ``train_siddm_image.json``.
 """
 
 from __future__ import annotations
@@ -72,10 +74,11 @@ def random_images(split, shape, n=512):
     return rng.integers(0, 256, (n, *shape), dtype=np.uint8), np.zeros(n, dtype=np.int64)
 
 
-def config(case, out_dir, extra=()):
+def config(case, out_dir, extra=(), batch=None):
     if case == "toy":  # the table's recipe (R1 every iteration in both)
         return compose(["experiment=siddm_toy", *COMMON, *extra], output_dir=out_dir)
-    overrides, batch = IMAGE_CASES[case]
+    overrides, case_batch = IMAGE_CASES[case]
+    batch = batch or case_batch
     cfg = compose([*overrides, *COMMON, "paths.data_dir=/nonexistent", *extra], output_dir=out_dir)
     if batch is not None:
         cfg.dataset.batch_size = batch
@@ -221,9 +224,11 @@ def _params(cfg):
 
 
 def bench_image(args, out, cases):
-    rows = {}
+    """Writes ``train_siddm_image.{json,md}``; rows of cases not measured this time are kept from the file."""
+    path = out / "train_siddm_image.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
     for case in cases:
-        cfg = config(case, out / f"_{case}")
+        cfg = config(case, out / f"_{case}", batch=args.batch)
         iters, warmup = args.image_iters, 2
         bare, ours = interleaved(lambda: run_bare(cfg, iters, warmup), lambda: run_siddm(cfg, iters, warmup),  # noqa: B023
                                  args.repeats)
@@ -234,27 +239,32 @@ def bench_image(args, out, cases):
         bs = int(cfg.dataset.batch_size)
         lazy = int(cfg.model.objective.lazy_reg)
         part_ms = {k: 1e3 * statistics.median(v) for k, v in parts.items()}
+        command = f"python bench/train_siddm.py --case {case}" + (f" --batch {args.batch}" if args.batch else "")
         r = {**summary(ours, bare), "batch_size": bs, "iters": iters, "repeats": args.repeats,
              "threads": torch.get_num_threads(), "generator_params": g, "discriminator_params": d,
              "images_per_s": bs / statistics.median(ours), "lazy_reg": lazy, "parts_ms": part_ms,
-             "r1_ms_per_iteration": (part_ms.get("d_step_r1", 0) - part_ms["d_step"]) / lazy}
+             "r1_ms_per_iteration": (part_ms.get("d_step_r1", 0) - part_ms["d_step"]) / lazy,
+             "command": command, "note": args.note}
         rows[case] = r
         print(f"{case}: siddm_lab {r['siddm_lab_s_per_iter']:.3f} s/iter ({r['images_per_s']:.1f} images/s), bare "
               f"{r['bare_s_per_iter']:.3f}, ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]; "
               f"parts ms {', '.join(f'{k} {v:.0f}' for k, v in part_ms.items())}", flush=True)
-    (out / "train_siddm_image.json").write_text(json.dumps(rows, indent=2) + "\n")
+        path.write_text(json.dumps(rows, indent=2) + "\n")  # after each case: a later failure keeps it
+    (out / "train_siddm_image.md").write_text(image_table(rows))
+
+
+def image_table(rows: dict) -> str:
     lines = ["# SIDDM image training iteration (D + G): siddm_lab vs bare PyTorch (CPU)", "",
-             f"`python bench/train_siddm.py --case {' '.join(cases) if len(cases) == 1 else 'image'}`: median over "
-             f"{args.repeats} interleaved runs of {args.image_iters} iterations each (after 2 warm-up), "
-             f"{rows[cases[0]]['threads']} torch thread(s), random images of the dataset's shape.", "",
+             "Each row: median over its `repeats` interleaved runs of `iters` iterations each (after 2 warm-up), "
+             "at the row's torch threads, random images of the dataset's shape.", "",
              "| case | G / D params | batch | siddm_lab s/iter (min) | bare s/iter (min) | images/s | "
-             "ratio median (goal <= 1.10) | ratio min | ratio max |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "ratio median (goal <= 1.10) | ratio min | ratio max | runs x iterations | threads |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, r in rows.items():
         lines.append(f"| {case} | {r['generator_params'] / 1e6:.2f}M / {r['discriminator_params'] / 1e6:.2f}M | "
                      f"{r['batch_size']} | {r['siddm_lab_s_per_iter']:.3f} ({r['siddm_lab_min']:.3f}) | "
                      f"{r['bare_s_per_iter']:.3f} ({r['bare_min']:.3f}) | {r['images_per_s']:.1f} | {r['ratio']:.3f} | "
-                     f"{r['ratio_min']:.3f} | {r['ratio_max']:.3f} |")
+                     f"{r['ratio_min']:.3f} | {r['ratio_max']:.3f} | {r['repeats']} x {r['iters']} | {r['threads']} |")
     lines += ["", "Parts of the bare iteration (median ms; R1 on every other iteration to time it; the recipe runs "
               "it every `lazy_reg` iterations):", "",
               "| case | D step | D step with R1 | G step | EMA (G and D) | R1 per iteration at lazy_reg |",
@@ -263,9 +273,11 @@ def bench_image(args, out, cases):
         p = r["parts_ms"]
         lines.append(f"| {case} | {p['d_step']:.0f} | {p.get('d_step_r1', float('nan')):.0f} | {p['g_step']:.0f} | "
                      f"{p['ema']:.1f} | {r['r1_ms_per_iteration']:.1f} (every {r['lazy_reg']}) |")
-    if args.note:
-        lines += ["", args.note]
-    (out / "train_siddm_image.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "How each row was measured:", ""]
+    for case, r in rows.items():
+        lines.append(f"- **{case}**: `{r.get('command', 'python bench/train_siddm.py --case ' + case)}`. "
+                     f"{r.get('note', '')}".rstrip())
+    return "\n".join(lines) + "\n"
 
 
 OPTIONS = {
@@ -313,6 +325,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=200, help="timed iterations per run (toy)")
     ap.add_argument("--image-iters", type=int, default=5, help="timed iterations per run (image cases)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="image cases: batch size instead of the case's (mnist: its recipe's; cifar10: 8)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--note", default="", help="a line on the conditions, written under each table")
