@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from siddm_lab.diffusion.rng import RandomSource
 from siddm_lab.errors import ConfigError
 
 
@@ -35,7 +36,9 @@ def latent_spread(x0_of: Callable, diffusion, x0: torch.Tensor, t: int, k: int =
         raise ConfigError(f"t={t!r} is invalid: expected a timestep in 0..{T - 1}")
     b = x0.shape[0]
     tt = torch.full((b,), t, dtype=torch.long, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    # the process's own forward noise (standard normal, or e.g. the gamma process's standardised gamma)
+    noise = diffusion.noise_like(x0, tt) if generator is None else \
+        diffusion.noise_like(x0, tt, RandomSource.single(generator))
     x_t = diffusion.q_sample(x0, tt, noise).to(x0.dtype)
     pred = x0_of(x_t.repeat(k, *[1] * (x0.dim() - 1)), tt.repeat(k)).reshape(k, *x0.shape).double()
     target = x0.double()
