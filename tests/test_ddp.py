@@ -201,13 +201,13 @@ def _signal_ddp_run(out_dir, *, moment: str, delay: float, to: str, max_seconds:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("to,delay", [("rank0", 0.0), ("rank0", 2.5), ("rank0", 6.0), ("both", 0.0),
-                                      ("both", 1.5), ("both", 4.0), ("rank1", 1.0)])
+@pytest.mark.parametrize("to,delay", [("rank0", 1.0), ("rank0", 2.5), ("rank0", 6.0), ("both", 1.5),
+                                      ("both", 4.0), ("rank1", 1.0)])
 def test_sigterm_stops_every_ddp_rank_with_a_checkpoint(tmp_path, to, delay):
     """SIGTERM to rank 0 alone (``kill``), to both ranks (what SLURM sends before pre-emption) or to rank 1,
     at several moments of training: every rank stops before the same iteration, on_exception.ckpt is
     written, and the job exits with 143 (it hung in a collective started inside Lightning's signal
-    handler, depending on the moment)."""
+    handler, depending on the moment). Each delay is long enough for the first iteration to complete."""
     rc, out = _signal_ddp_run(tmp_path, moment="training", delay=delay, to=to)
     assert rc == 143, out[-3000:]
     assert "stopped by a termination signal at step" in out and "ckpt_path=last" in out, out[-3000:]
@@ -217,6 +217,27 @@ def test_sigterm_stops_every_ddp_rank_with_a_checkpoint(tmp_path, to, delay):
     assert f"at step {ckpt['global_step']};" in out
     assert "Traceback" not in out and "weights_only` was not set" not in out, out[-3000:]
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("to", ["rank0", "both"])
+def test_sigterm_as_ddp_training_starts_ends_the_job_with_what_it_has(tmp_path, to):
+    """SIGTERM the moment training starts, when the first iteration may or may not have completed: the job
+    ends with 143 either way, with one message from rank 0, and what it says matches what is on disk:
+    on_exception.ckpt and ``ckpt_path=last`` after a completed iteration, "nothing to resume from" and no
+    checkpoint before one (the run never claims a checkpoint it did not write, nor loses one it did)."""
+    rc, out = _signal_ddp_run(tmp_path, moment="training", delay=0.0, to=to)
+    assert rc == 143, out[-3000:]
+    assert out.count("stopped by a termination signal") == 1, out[-3000:]
+    assert "Traceback" not in out and "weights_only` was not set" not in out, out[-3000:]
+    assert not (tmp_path / "metrics.json").exists()
+    ckpt_file = tmp_path / "checkpoints" / "on_exception.ckpt"
+    if ckpt_file.exists():
+        step = torch.load(ckpt_file, weights_only=True, map_location="cpu")["global_step"]
+        assert step > 0 and f"at step {step};" in out and "ckpt_path=last" in out, out[-3000:]
+        assert "nothing to resume from" not in out, out[-3000:]
+    else:
+        assert "stopped by a termination signal at step 0, before this run completed a training iteration" in out
+        assert "nothing to resume from" in out and "ckpt_path=last" not in out, out[-3000:]
 
 
 def test_sigterm_during_ddp_start_up_ends_the_job(tmp_path):
