@@ -87,6 +87,25 @@ def test_the_loss_is_zero_for_the_oracle_student_and_weighted_per_sample(diff):
     assert math.isclose(float(snr_weight(diff, t, "truncated_snr")[0]), 1.0)
 
 
+def test_a_generator_draws_both_the_steps_and_the_noise(diff):
+    # the same generator seed gives the same loss whatever the global RNG holds, and it equals the loss
+    # with the step indices and the noise drawn from that generator in that order
+    teacher = _gmm_predict(diff, s2=0.05)
+    loss = ProgressiveDistillationLoss(DDIMSampler(diff, 0.0, steps=8).timesteps)
+    student = lambda z, t: (0.5 * z, None)  # noqa: E731
+    x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    a = loss(student, teacher, diff, x0, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    b = loss(student, teacher, diff, x0, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b)
+    g = torch.Generator().manual_seed(5)
+    index = torch.randint(0, len(loss.timesteps), (32,), generator=g)
+    noise = torch.randn(32, 2, generator=g)
+    torch.testing.assert_close(a, loss(student, teacher, diff, x0, noise=noise, index=index))
+    assert not torch.equal(a, loss(student, teacher, diff, x0, generator=torch.Generator().manual_seed(6)))
+
+
 @pytest.mark.parametrize("steps,kwargs,message", [
     ([9, 5, 1], {}, "even number of teacher steps"),
     ([5, 9], {}, "even number|strictly decreasing"),

@@ -63,6 +63,23 @@ def test_gaussian_noise_is_the_default_and_unchanged():
                                torch.randn(4, 2, generator=g2))
 
 
+@pytest.mark.parametrize("noise", [None, {"name": "gamma", "theta0": 0.01}])
+def test_noise_like_draws_from_the_global_rng_by_default_for_every_process(noise):
+    # one default for the shared signature: callers that pass no source get the global RNG, so a reseed
+    # reproduces the draw and a RandomSource of one generator leaves the global RNG alone
+    d = GaussianDiffusion.from_schedule("linear", 100, noise=noise)
+    x, t = torch.zeros(64, 3), torch.full((64,), 50, dtype=torch.long)
+    torch.manual_seed(7)
+    a = d.noise_like(x, t)
+    torch.manual_seed(7)
+    torch.testing.assert_close(a, d.noise_like(x, t))
+    assert not torch.equal(a, d.noise_like(x, t))
+    state = torch.random.get_rng_state()
+    b = d.noise_like(x, t, RandomSource.single(torch.Generator().manual_seed(7)))
+    assert torch.equal(state, torch.random.get_rng_state())
+    torch.testing.assert_close(b, d.noise_like(x, t, RandomSource.single(torch.Generator().manual_seed(7))))
+
+
 def test_draws_follow_the_generator(gamma):
     k = torch.full((1000,), 2.0, dtype=torch.float64)
     a = centred_gamma(k, torch.Generator().manual_seed(1))

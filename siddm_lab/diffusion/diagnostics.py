@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from siddm_lab.diffusion.rng import RandomSource
+from siddm_lab.diffusion.rng import GLOBAL, RandomSource
 from siddm_lab.errors import ConfigError
 
 
@@ -37,8 +37,7 @@ def latent_spread(x0_of: Callable, diffusion, x0: torch.Tensor, t: int, k: int =
     b = x0.shape[0]
     tt = torch.full((b,), t, dtype=torch.long, device=x0.device)
     # the process's own forward noise (standard normal, or e.g. the gamma process's standardised gamma)
-    noise = diffusion.noise_like(x0, tt) if generator is None else \
-        diffusion.noise_like(x0, tt, RandomSource.single(generator))
+    noise = diffusion.noise_like(x0, tt, GLOBAL if generator is None else RandomSource.single(generator))
     x_t = diffusion.q_sample(x0, tt, noise).to(x0.dtype)
     pred = x0_of(x_t.repeat(k, *[1] * (x0.dim() - 1)), tt.repeat(k)).reshape(k, *x0.shape).double()
     target = x0.double()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from siddm_lab.diffusion.rng import GLOBAL, RandomSource
 from siddm_lab.diffusion.samplers import PredictFn
 from siddm_lab.errors import ConfigError
 
@@ -114,7 +115,7 @@ class ProgressiveDistillationLoss:
         index = index.cpu().long()
         t, t_mid, t_next = (plan[2 * index + k].to(x0.device) for k in range(3))
         if noise is None:
-            noise = diffusion.noise_like(x0, t)
+            noise = diffusion.noise_like(x0, t, GLOBAL if generator is None else RandomSource.single(generator))
         z_t = diffusion.q_sample(x0, t, noise)
         with torch.no_grad():
             target, _ = progressive_target(teacher, diffusion, z_t, t, t_mid, t_next, self.clip_x0)

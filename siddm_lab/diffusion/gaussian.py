@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from siddm_lab.diffusion.rng import GLOBAL, RandomSource
 from siddm_lab.diffusion.schedules import make_betas
 from siddm_lab.errors import ConfigError
 
@@ -104,9 +105,9 @@ class GaussianDiffusion(nn.Module):
         return self._alphas_cumprod_host[t]
 
     # ------------------------------------------------------------------ noise (``GammaDiffusion`` overrides)
-    def noise_like(self, x0: torch.Tensor, t: torch.Tensor, rng=None) -> torch.Tensor:
+    def noise_like(self, x0: torch.Tensor, t: torch.Tensor, rng: RandomSource = GLOBAL) -> torch.Tensor:
         """The standardised forward noise ε of q(x_t | x0) (here N(0, I)), from ``rng`` (a RandomSource)."""
-        return torch.randn_like(x0) if rng is None else rng.randn_like(x0)
+        return rng.randn_like(x0)
 
     def step_noise(self, x: torch.Tensor, t: int, generator: torch.Generator | None = None,
                    s: int | None = None) -> torch.Tensor:

@@ -184,9 +184,8 @@ class ProgressiveDistillation(Distillation):
         # fixed student steps and noise per batch: comparable across evaluations within a round
         g = torch.Generator().manual_seed(10_000 + batch_idx)
         index = torch.randint(0, len(self.student_plan()), (batch.shape[0],), generator=g)
-        noise = torch.randn(batch.shape, generator=g).to(self.device, batch.dtype)
         loss = self.objectives[self.round](self.student_predict, self.teacher_predict, self.diffusion, batch,
-                                           noise=noise, index=index)
+                                           index=index, generator=g)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
