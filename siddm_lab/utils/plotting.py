@@ -35,15 +35,20 @@ def scatter(x: np.ndarray, path, reference: np.ndarray | None = None, centers: n
     return _finish(fig, ax, path, title, markerscale=3)
 
 
-def _finish(fig, ax, path, title: str | None, markerscale: float = 1.0) -> Path:
-    """Legend, title, save and close: the end of every one-panel 2-D plot."""
-    ax.legend(loc="upper right", fontsize=7, markerscale=markerscale)
+def _save(fig, ax, path, title: str | None) -> Path:
+    """Title, save and close: the end of every one-panel plot."""
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def _finish(fig, ax, path, title: str | None, markerscale: float = 1.0) -> Path:
+    """Legend, then ``_save``: the end of every one-panel 2-D plot."""
+    ax.legend(loc="upper right", fontsize=7, markerscale=markerscale)
+    return _save(fig, ax, path, title)
 
 
 def pairs(targets: np.ndarray, decoded: np.ndarray, path, reference: np.ndarray | None = None,
@@ -110,9 +115,4 @@ def image_grid(x: np.ndarray, path, title: str | None = None, nrow: int | None =
     fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None)
     ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, path, title)
