@@ -455,3 +455,18 @@ def test_rows_by_a_config_key_no_command_line_set(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--rows model.lr: no job has this config key"):
         main([str(tmp_path), "--rows", "model.lr", "--metric", "fd", "--out", str(tmp_path / "out2")])
     assert not (tmp_path / "out2").exists()
+
+
+def test_an_nfe_plot_of_many_methods_gives_each_its_own_style(tmp_path):
+    # more series than the ten default colours: every one keeps a distinct (colour, marker, line) triple
+    from matplotlib.image import imread
+
+    from siddm_lab.results.plots import line_styles, plot_vs_nfe
+
+    styles = [(s["color"], s["marker"], s["linestyle"]) for s in line_styles(40)]
+    assert len(set(styles)) == 40 and styles[0] != styles[10] and styles[0][0] == styles[10][0]
+    rows = [{"method": f"m{k}", "nfe": n, "fd": 10.0 * (k + 1) / n} for k in range(12) for n in (2, 4, 8)]
+    rows.append({"method": "gan", "nfe": 4, "fd": 30.0})
+    path = plot_vs_nfe(rows, "fd", "method", tmp_path / "fd.png", log_y=True)
+    height, width = imread(path).shape[:2]
+    assert width > 1.5 * height  # the legend of 13 methods sits beside the axes, not on the points

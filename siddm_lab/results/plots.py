@@ -68,6 +68,16 @@ def check_log_axis(rows: list[dict], metric: str) -> None:
                         f"without --logy, or collect without those jobs")
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def line_styles(n: int) -> list[dict]:
+    """``n`` distinct (colour, marker, line style) for a plot's series: the ten tab10 colours, then the same
+    colours with other markers and a dashed line, so a plot of more than ten series has no two alike."""
+    return [{"color": f"C{i % 10}", "marker": _MARKERS[(i // 10) % len(_MARKERS)],
+             "linestyle": ("-", "--", ":", "-.")[(i // 10) % 4]} for i in range(n)]
+
+
 def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, title: str = "",
                 log_y: bool = False, ylim: tuple[float, float] | None = None) -> Path | None:
     """``metric`` against NFE (log x), one line per ``group`` value; ``log_y`` puts the metric on a log axis too
@@ -86,19 +96,22 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
         return None
     if log_y:
         check_log_axis(rows, metric)
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
-    for name in sorted(series, key=_sort_key):
+    names = sorted(series, key=_sort_key)
+    many = len(names) > 6  # the legend goes beside the axes, where it hides no point
+    fig, ax = plt.subplots(figsize=(8, 4) if many else (5.5, 4), dpi=100)
+    for name, style in zip(names, line_styles(len(names))):
         by_nfe = defaultdict(list)  # repeats of a cell (seeds): their mean ± std, and each as a faint dot
         for nfe, v in series[name]:
             by_nfe[nfe].append(v)
         xs = sorted(by_nfe)
         means = [_mean(by_nfe[x]) for x in xs]
         stds = [_std(by_nfe[x]) for x in xs]
-        line = ax.errorbar(xs, means, yerr=stds if any(stds) else None, fmt="o-", capsize=3,
-                           label=f"{group}={name}" if group else None)
+        single = len(xs) == 1  # a one-NFE model (a GAN, a student): a larger point, drawn over the lines
+        ax.errorbar(xs, means, yerr=stds if any(stds) else None, capsize=3, ms=7 if single else 4,
+                    zorder=3 if single else 2, label=f"{group}={name}" if group else None, **style)
         if any(len(by_nfe[x]) > 1 for x in xs):
             ax.scatter([nfe for nfe, _ in series[name]], [v for _, v in series[name]], s=8, alpha=0.35,
-                       color=line[0].get_color())
+                       color=style["color"])
     ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
@@ -109,10 +122,10 @@ def plot_vs_nfe(rows: list[dict], metric: str, group: str | None, path: Path, ti
     if title:
         ax.set_title(title, fontsize=9)
     if group:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if many else {}))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
